@@ -1,0 +1,1 @@
+"""Export: the SavedModel with its tf.function decoding loop, and serving."""

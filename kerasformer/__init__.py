@@ -1,0 +1,35 @@
+"""kerasformer: the Transformer of "Attention Is All You Need" as Keras 3 layers.
+
+Runs on the TensorFlow, JAX and PyTorch backends (set KERAS_BACKEND).
+"""
+
+from kerasformer.add_norm import AddNorm
+from kerasformer.attention import MultiHeadAttention, scaled_dot_product_attention
+from kerasformer.config import PRESETS, TransformerConfig, preset
+from kerasformer.decoder import Decoder, DecoderBlock
+from kerasformer.embedding import PositionalEmbedding, positional_encoding
+from kerasformer.encoder import Encoder, EncoderBlock
+from kerasformer.feed_forward import FeedForward
+from kerasformer.masks import causal_mask, padding_mask
+from kerasformer.model import build_seq2seq
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AddNorm",
+    "Decoder",
+    "DecoderBlock",
+    "Encoder",
+    "EncoderBlock",
+    "FeedForward",
+    "MultiHeadAttention",
+    "PRESETS",
+    "PositionalEmbedding",
+    "TransformerConfig",
+    "build_seq2seq",
+    "causal_mask",
+    "padding_mask",
+    "positional_encoding",
+    "preset",
+    "scaled_dot_product_attention",
+]

@@ -1,0 +1,185 @@
+"""Scaled dot-product attention and multi-head attention (paper, section 3.2)."""
+
+import math
+
+import keras
+from keras import ops
+
+from kerasformer.masks import causal_mask
+
+# Added to the scores of masked positions before the softmax. Finite, so a row
+# whose keys are all masked gives uniform weights instead of NaN; in float32
+# exp(-1e9 - max) is exactly 0, so a masked key gets zero weight.
+MASKED_SCORE = -1e9
+
+
+def scaled_dot_product_attention(query, key, value, mask=None, dropout=None, training=None):
+    """Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V   (equation 1).
+
+    Args:
+        query: `(batch, num_heads, query_length, d_k)`.
+        key: `(batch, num_heads, key_length, d_k)`.
+        value: `(batch, num_heads, key_length, d_v)`.
+        mask: optional bool, broadcastable to `(batch, num_heads, query_length,
+            key_length)`; True where attention is allowed.
+        dropout: optional Dropout layer applied to the attention weights.
+        training: passed to `dropout`.
+
+    Returns:
+        `(output, weights)`: output `(batch, num_heads, query_length, d_v)` and
+        weights `(batch, num_heads, query_length, key_length)`, rows summing to 1.
+    """
+    d_k = ops.shape(query)[-1]
+    scores = ops.matmul(query, ops.swapaxes(key, -1, -2)) / math.sqrt(d_k)
+    # The softmax runs in float32 even under a mixed-precision policy.
+    scores = ops.cast(scores, "float32")
+    if mask is not None:
+        scores = ops.where(mask, scores, MASKED_SCORE)
+    weights = ops.cast(ops.softmax(scores, axis=-1), keras.backend.standardize_dtype(query.dtype))
+    if dropout is not None:
+        weights = dropout(weights, training=training)
+    return ops.matmul(weights, value), weights
+
+
+@keras.saving.register_keras_serializable(package="kerasformer")
+class MultiHeadAttention(keras.layers.Layer):
+    """MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W^O,
+    head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V)   (section 3.2.2).
+
+    The h projections W_i^Q of width d_k = d_model / h are computed at once as
+    one d_model x d_model matrix whose output is split into h heads.
+
+    Incremental decoding: with `cache` `(batch, 2, num_heads, max_length, d_k)`
+    holding keys (index 0) and values (index 1) and `cache_update_index`, the new
+    keys/values of `query`'s positions are written at that index and the queries
+    attend to the whole cache under the causal mask offset by the index. With
+    `cache` but no index (cross-attention), the cached keys/values are used as
+    they are (see `compute_key_value`). The cached path uses the same
+    projections and the same `scaled_dot_product_attention` as training.
+
+    Args:
+        num_heads: h.
+        dropout: dropout rate on the attention weights.
+
+    Call arguments:
+        query: `(batch, query_length, d_model)`.
+        value: `(batch, key_length, d_model)`.
+        key: `(batch, key_length, d_model)`; defaults to `value`.
+        key_padding_mask: bool `(batch, key_length)`, False at padded keys.
+        use_causal_mask: forbid attending to later positions.
+        cache, cache_update_index: see above.
+        return_attention_scores: also return the weights
+            `(batch, num_heads, query_length, key_length)`.
+
+    Returns:
+        `(batch, query_length, d_model)`; then the weights if requested; then
+        the updated cache if `cache` and `cache_update_index` were given.
+
+    Example:
+        >>> attention = MultiHeadAttention(num_heads=8)
+        >>> x = keras.random.normal((2, 10, 512))
+        >>> attention(x, x, use_causal_mask=True).shape
+        (2, 10, 512)
+    """
+
+    def __init__(self, num_heads, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.dropout = dropout
+        # Passes the padding mask of its first input through unchanged.
+        self.supports_masking = True
+
+    def build(self, query_shape, value_shape, key_shape=None):
+        d_model = query_shape[-1]
+        if d_model % self.num_heads:
+            raise ValueError(
+                f"d_model={d_model} is not divisible by num_heads={self.num_heads}"
+            )
+        self.d_model = d_model
+        self.d_k = d_model // self.num_heads
+        key_shape = value_shape if key_shape is None else key_shape
+
+        def projection(name, input_shape):
+            dense = keras.layers.Dense(d_model, name=name, dtype=self.dtype_policy)
+            dense.build(input_shape)
+            return dense
+
+        self.query_dense = projection("query", query_shape)  # W^Q
+        self.key_dense = projection("key", key_shape)  # W^K
+        self.value_dense = projection("value", value_shape)  # W^V
+        self.output_dense = projection("output", tuple(query_shape[:-1]) + (d_model,))  # W^O
+        self.weights_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+
+    def split_heads(self, x):
+        """`(batch, length, d_model)` -> `(batch, num_heads, length, d_k)`."""
+        batch, length = ops.shape(x)[0], ops.shape(x)[1]
+        x = ops.reshape(x, (batch, length, self.num_heads, self.d_k))
+        return ops.transpose(x, (0, 2, 1, 3))
+
+    def concat_heads(self, x):
+        """`(batch, num_heads, length, d_k)` -> `(batch, length, d_model)`."""
+        batch, length = ops.shape(x)[0], ops.shape(x)[2]
+        x = ops.transpose(x, (0, 2, 1, 3))
+        return ops.reshape(x, (batch, length, self.d_model))
+
+    def compute_key_value(self, value, key=None):
+        """Projects keys and values once, e.g. the encoder output for cross-attention.
+
+        Returns:
+            `(batch, 2, num_heads, key_length, d_k)`: usable as `cache`.
+        """
+        key = value if key is None else key
+        return ops.stack(
+            [self.split_heads(self.key_dense(key)), self.split_heads(self.value_dense(value))],
+            axis=1,
+        )
+
+    def call(
+        self,
+        query,
+        value,
+        key=None,
+        key_padding_mask=None,
+        use_causal_mask=False,
+        cache=None,
+        cache_update_index=None,
+        return_attention_scores=False,
+        training=None,
+    ):
+        query_heads = self.split_heads(self.query_dense(query))
+        updates_cache = cache is not None and cache_update_index is not None
+        if cache is None:
+            key_value = self.compute_key_value(value, key)
+        elif not updates_cache:
+            key_value = cache
+        else:
+            new_key_value = self.compute_key_value(value, key)
+            start = [0, 0, 0, cache_update_index, 0]
+            key_value = cache = ops.slice_update(cache, start, new_key_value)
+        key_heads, value_heads = key_value[:, 0], key_value[:, 1]
+
+        mask = None
+        if key_padding_mask is not None:
+            mask = key_padding_mask[:, None, None, :]  # broadcast over heads, queries
+        if use_causal_mask:
+            causal = causal_mask(
+                ops.shape(query_heads)[2],
+                ops.shape(key_heads)[2],
+                0 if cache_update_index is None else cache_update_index,
+            )
+            mask = causal if mask is None else ops.logical_and(mask, causal)
+
+        heads, weights = scaled_dot_product_attention(
+            query_heads, key_heads, value_heads, mask, self.weights_dropout, training
+        )
+        output = self.output_dense(self.concat_heads(heads))
+
+        results = (output,)
+        if return_attention_scores:
+            results += (weights,)
+        if updates_cache:
+            results += (cache,)
+        return results[0] if len(results) == 1 else results
+
+    def get_config(self):
+        return {**super().get_config(), "num_heads": self.num_heads, "dropout": self.dropout}

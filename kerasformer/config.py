@@ -1,0 +1,143 @@
+"""The model's hyperparameters as one dataclass, with the paper's presets.
+
+Names follow "Attention Is All You Need" (Vaswani et al., 2017), Table 3:
+``d_model``, ``num_heads`` (h), ``d_ff``, ``num_layers`` (N), ``dropout`` (P_drop).
+"""
+
+import dataclasses
+
+POSITIONAL_KINDS = ("sinusoidal", "learned")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Hyperparameters of the encoder-decoder Transformer.
+
+    Attributes:
+        source_vocab_size: number of source token ids; id 0 is padding.
+        target_vocab_size: number of target token ids; id 0 is padding.
+        d_model: width of every sublayer output and of the embeddings.
+        num_heads: h, the number of attention heads; d_k = d_v = d_model / h.
+        d_ff: inner width of the position-wise feed-forward network.
+        num_layers: N, the number of encoder blocks and of decoder blocks.
+        dropout: P_drop, applied to sublayer outputs, embeddings and attention weights.
+        max_source_length: longest encoder input the model accepts.
+        max_target_length: longest decoder input the model accepts.
+        positional: "sinusoidal" (the paper) or "learned" position embeddings.
+        norm_first: False is the paper's post-norm LayerNorm(x + Sublayer(x));
+            True is pre-norm x + Sublayer(LayerNorm(x)) with a final LayerNorm.
+        tie_embeddings: share the target embedding matrix with the pre-softmax
+            linear transformation (paper, section 3.4).
+    """
+
+    source_vocab_size: int = 8000
+    target_vocab_size: int = 8000
+    d_model: int = 512
+    num_heads: int = 8
+    d_ff: int = 2048
+    num_layers: int = 6
+    dropout: float = 0.1
+    max_source_length: int = 128
+    max_target_length: int = 128
+    positional: str = "sinusoidal"
+    norm_first: bool = False
+    tie_embeddings: bool = True
+
+    def __post_init__(self):
+        for name in (
+            "source_vocab_size",
+            "target_vocab_size",
+            "d_model",
+            "num_heads",
+            "d_ff",
+            "num_layers",
+            "max_source_length",
+            "max_target_length",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        for name in ("norm_first", "tie_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be true or false")
+        if self.d_model % self.num_heads:
+            raise ValueError(
+                f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}"
+            )
+        if self.d_model % 2:
+            raise ValueError(
+                f"d_model={self.d_model} must be even: positional encodings pair "
+                "sin (even dimensions) with cos (odd dimensions)"
+            )
+        if (
+            isinstance(self.dropout, bool)
+            or not isinstance(self.dropout, (int, float))
+            or not 0 <= self.dropout < 1
+        ):
+            raise ValueError(f"dropout={self.dropout!r} must be in [0, 1)")
+        for name in ("max_source_length", "max_target_length"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 2")
+        if self.positional not in POSITIONAL_KINDS:
+            raise ValueError(
+                f"positional={self.positional!r} must be one of {POSITIONAL_KINDS}"
+            )
+
+    @property
+    def d_k(self):
+        """Width of one head's queries, keys and values: d_model / h."""
+        return self.d_model // self.num_heads
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        """Builds a config from a dict, refusing keys that are not fields."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown config key(s) {unknown}; known keys are {sorted(known)}"
+            )
+        return cls(**values)
+
+    def replace(self, **changes):
+        """A copy with some fields changed (validated like a new config)."""
+        return self.from_dict({**self.to_dict(), **changes})
+
+
+PRESETS = {
+    # A few thousand parameters: unit tests and toy tasks.
+    "tiny": dict(
+        d_model=32, num_heads=4, d_ff=64, num_layers=2, dropout=0.0,
+        max_source_length=32, max_target_length=32,
+    ),
+    # Trains on a 2-core CPU in minutes: the README's demo.
+    "small": dict(
+        d_model=128, num_heads=4, d_ff=512, num_layers=3, dropout=0.1,
+        max_source_length=96, max_target_length=96,
+    ),
+    # The paper's base model (Table 3, row "base").
+    "base": dict(
+        d_model=512, num_heads=8, d_ff=2048, num_layers=6, dropout=0.1,
+        max_source_length=256, max_target_length=256,
+    ),
+    # The paper's big model (Table 3, row "big"; P_drop 0.3 for EN-DE).
+    "big": dict(
+        d_model=1024, num_heads=16, d_ff=4096, num_layers=6, dropout=0.3,
+        max_source_length=256, max_target_length=256,
+    ),
+}
+
+
+def preset(name, **overrides):
+    """Returns the named preset ("tiny", "small", "base", "big") with overrides.
+
+    Example:
+        >>> preset("base", source_vocab_size=32000, target_vocab_size=32000).d_model
+        512
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return TransformerConfig.from_dict({**PRESETS[name], **overrides})

@@ -1,0 +1,255 @@
+"""The decoder: N identical blocks of masked self-attention, cross-attention and
+feed-forward, then the final linear transformation (sections 3.1, 3.4)."""
+
+import keras
+from keras import ops
+
+from kerasformer.add_norm import AddNorm
+from kerasformer.attention import MultiHeadAttention
+from kerasformer.embedding import PositionalEmbedding
+from kerasformer.feed_forward import FeedForward
+from kerasformer.masks import padding_mask
+
+
+@keras.saving.register_keras_serializable(package="kerasformer")
+class DecoderBlock(keras.layers.Layer):
+    """One decoder layer, each sublayer in Add & Norm:
+
+        x = AddNorm(x, MaskedMultiHeadAttention(x, x, x))        # causal
+        x = AddNorm(x, MultiHeadAttention(Q=x, K=V=encoder_output))
+        x = AddNorm(x, FFN(x))
+
+    Args:
+        num_heads, d_ff, dropout, norm_first: as in `TransformerConfig`.
+
+    Call arguments:
+        x: `(batch, target_length, d_model)`.
+        encoder_output: `(batch, source_length, d_model)`; may be None when
+            `cross_attention_cache` holds its keys and values.
+        decoder_padding_mask: bool `(batch, target_length)`.
+        encoder_padding_mask: bool `(batch, source_length)`.
+        self_attention_cache: `(batch, 2, num_heads, max_target_length, d_k)`,
+            updated at `cache_update_index` (incremental decoding).
+        cache_update_index: position of `x`'s first token.
+        cross_attention_cache: `(batch, 2, num_heads, source_length, d_k)`, from
+            `cross_attention.compute_key_value(encoder_output)`.
+        return_attention_scores: also return the cross-attention weights
+            `(batch, num_heads, target_length, source_length)`.
+
+    Returns:
+        `(batch, target_length, d_model)`; then the cross-attention weights if
+        requested; then the updated self-attention cache if one was given.
+    """
+
+    def __init__(self, num_heads, d_ff, dropout=0.0, norm_first=False, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.d_ff = d_ff
+        self.dropout = dropout
+        self.norm_first = norm_first
+        self.supports_masking = True
+
+    def build(self, x_shape, encoder_output_shape=None):
+        policy = self.dtype_policy
+        encoder_output_shape = encoder_output_shape or x_shape
+
+        def add_norm(name):
+            layer = AddNorm(self.dropout, self.norm_first, name=name, dtype=policy)
+            layer.build(x_shape)
+            return layer
+
+        self.self_attention = MultiHeadAttention(
+            self.num_heads, self.dropout, name="self_attention", dtype=policy
+        )
+        self.self_attention.build(x_shape, x_shape)
+        self.self_attention_add_norm = add_norm("self_attention_add_norm")
+        self.cross_attention = MultiHeadAttention(
+            self.num_heads, self.dropout, name="cross_attention", dtype=policy
+        )
+        self.cross_attention.build(x_shape, encoder_output_shape)
+        self.cross_attention_add_norm = add_norm("cross_attention_add_norm")
+        self.feed_forward = FeedForward(self.d_ff, self.dropout, name="feed_forward", dtype=policy)
+        self.feed_forward.build(x_shape)
+        self.feed_forward_add_norm = add_norm("feed_forward_add_norm")
+
+    def call(
+        self,
+        x,
+        encoder_output=None,
+        decoder_padding_mask=None,
+        encoder_padding_mask=None,
+        self_attention_cache=None,
+        cache_update_index=None,
+        cross_attention_cache=None,
+        return_attention_scores=False,
+        training=None,
+    ):
+        # Masked self-attention: position t sees positions <= t only.
+        h = self.self_attention_add_norm.sublayer_input(x)
+        attended = self.self_attention(
+            h, h,
+            key_padding_mask=decoder_padding_mask,
+            use_causal_mask=True,
+            cache=self_attention_cache,
+            cache_update_index=cache_update_index,
+            training=training,
+        )
+        if self_attention_cache is not None:
+            attended, self_attention_cache = attended
+        x = self.self_attention_add_norm(x, attended, training=training)
+
+        # Cross-attention: queries from the decoder, keys and values from the encoder.
+        h = self.cross_attention_add_norm.sublayer_input(x)
+        attended = self.cross_attention(
+            h, encoder_output,
+            key_padding_mask=encoder_padding_mask,
+            cache=cross_attention_cache,
+            return_attention_scores=return_attention_scores,
+            training=training,
+        )
+        if return_attention_scores:
+            attended, cross_attention_weights = attended
+        x = self.cross_attention_add_norm(x, attended, training=training)
+
+        h = self.feed_forward_add_norm.sublayer_input(x)
+        x = self.feed_forward_add_norm(x, self.feed_forward(h, training=training), training=training)
+
+        results = (x,)
+        if return_attention_scores:
+            results += (cross_attention_weights,)
+        if self_attention_cache is not None:
+            results += (self_attention_cache,)
+        return results[0] if len(results) == 1 else results
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "d_ff": self.d_ff,
+            "dropout": self.dropout,
+            "norm_first": self.norm_first,
+        }
+
+
+@keras.saving.register_keras_serializable(package="kerasformer")
+class Decoder(keras.layers.Layer):
+    """Output embedding + positional encoding, N `DecoderBlock`s, then the final
+    linear transformation to target-vocabulary logits (the softmax lives in the
+    loss and in decoding).
+
+    With `tie_embeddings` the pre-softmax projection is the transpose of the
+    target embedding matrix: "we share the same weight matrix between the two
+    embedding layers and the pre-softmax linear transformation" (section 3.4).
+
+    Args:
+        vocab_size, num_layers, d_model, num_heads, d_ff, dropout, max_length,
+        positional, norm_first, tie_embeddings: as in `TransformerConfig`
+        (target side).
+
+    Call arguments:
+        token_ids: int `(batch, target_length)`, 0 = padding; `[START]` first.
+        encoder_output: `(batch, source_length, d_model)`.
+        encoder_padding_mask: bool `(batch, source_length)`.
+        return_attention_scores: also return a list with each block's
+            cross-attention weights `(batch, num_heads, target_length, source_length)`.
+
+    Returns:
+        float32 logits `(batch, target_length, vocab_size)`.
+    """
+
+    def __init__(
+        self, vocab_size, num_layers, d_model, num_heads, d_ff, dropout=0.0,
+        max_length=512, positional="sinusoidal", norm_first=False, tie_embeddings=True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        self.num_layers = num_layers
+        self.d_model = d_model
+        self.num_heads = num_heads
+        self.d_ff = d_ff
+        self.dropout = dropout
+        self.max_length = max_length
+        self.positional = positional
+        self.norm_first = norm_first
+        self.tie_embeddings = tie_embeddings
+
+    def build(self, token_ids_shape, encoder_output_shape=None):
+        policy = self.dtype_policy
+        self.embedding = PositionalEmbedding(
+            self.vocab_size, self.d_model, self.max_length, self.positional, self.dropout,
+            name="embedding", dtype=policy,
+        )
+        self.embedding.build(token_ids_shape)
+        x_shape = tuple(token_ids_shape) + (self.d_model,)
+        self.blocks = []
+        for i in range(self.num_layers):
+            block = DecoderBlock(
+                self.num_heads, self.d_ff, self.dropout, self.norm_first,
+                name=f"block_{i}", dtype=policy,
+            )
+            block.build(x_shape, encoder_output_shape)
+            self.blocks.append(block)
+        self.final_norm = None
+        if self.norm_first:
+            self.final_norm = keras.layers.LayerNormalization(
+                epsilon=1e-6, name="final_norm", dtype=policy
+            )
+            self.final_norm.build(x_shape)
+        self.output_projection = None
+        if not self.tie_embeddings:
+            self.output_projection = keras.layers.Dense(
+                self.vocab_size, name="output_projection", dtype=policy
+            )
+            self.output_projection.build(x_shape)
+
+    def logits(self, x):
+        """The final linear transformation `(batch, length, d_model)` ->
+        float32 `(batch, length, vocab_size)`."""
+        if self.output_projection is not None:
+            logits = self.output_projection(x)
+        else:
+            logits = ops.matmul(x, ops.transpose(ops.cast(self.embedding.embeddings, x.dtype)))
+        return ops.cast(logits, "float32")
+
+    def call(
+        self,
+        token_ids,
+        encoder_output,
+        encoder_padding_mask=None,
+        return_attention_scores=False,
+        training=None,
+    ):
+        decoder_padding_mask = padding_mask(token_ids)
+        x = self.embedding(token_ids, training=training)
+        all_weights = []
+        for block in self.blocks:
+            x = block(
+                x, encoder_output,
+                decoder_padding_mask=decoder_padding_mask,
+                encoder_padding_mask=encoder_padding_mask,
+                return_attention_scores=return_attention_scores,
+                training=training,
+            )
+            if return_attention_scores:
+                x, weights = x
+                all_weights.append(weights)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        logits = self.logits(x)
+        return (logits, all_weights) if return_attention_scores else logits
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "vocab_size": self.vocab_size,
+            "num_layers": self.num_layers,
+            "d_model": self.d_model,
+            "num_heads": self.num_heads,
+            "d_ff": self.d_ff,
+            "dropout": self.dropout,
+            "max_length": self.max_length,
+            "positional": self.positional,
+            "norm_first": self.norm_first,
+            "tie_embeddings": self.tie_embeddings,
+        }

@@ -1,0 +1,147 @@
+"""The encoder: N identical blocks of self-attention and feed-forward (section 3.1)."""
+
+import keras
+
+from kerasformer.add_norm import AddNorm
+from kerasformer.attention import MultiHeadAttention
+from kerasformer.embedding import PositionalEmbedding
+from kerasformer.feed_forward import FeedForward
+from kerasformer.masks import padding_mask
+
+
+@keras.saving.register_keras_serializable(package="kerasformer")
+class EncoderBlock(keras.layers.Layer):
+    """One encoder layer: multi-head self-attention, then the FFN, each in Add & Norm.
+
+        x = AddNorm(x, MultiHeadAttention(x, x, x))
+        x = AddNorm(x, FFN(x))
+
+    Args:
+        num_heads, d_ff, dropout, norm_first: as in `TransformerConfig`.
+
+    Call arguments:
+        x: `(batch, source_length, d_model)`.
+        padding_mask: bool `(batch, source_length)`, False at padding.
+
+    Returns:
+        `(batch, source_length, d_model)`.
+    """
+
+    def __init__(self, num_heads, d_ff, dropout=0.0, norm_first=False, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.d_ff = d_ff
+        self.dropout = dropout
+        self.norm_first = norm_first
+        self.supports_masking = True
+
+    def build(self, x_shape):
+        policy = self.dtype_policy
+        self.self_attention = MultiHeadAttention(
+            self.num_heads, self.dropout, name="self_attention", dtype=policy
+        )
+        self.self_attention.build(x_shape, x_shape)
+        self.self_attention_add_norm = AddNorm(
+            self.dropout, self.norm_first, name="self_attention_add_norm", dtype=policy
+        )
+        self.self_attention_add_norm.build(x_shape)
+        self.feed_forward = FeedForward(self.d_ff, self.dropout, name="feed_forward", dtype=policy)
+        self.feed_forward.build(x_shape)
+        self.feed_forward_add_norm = AddNorm(
+            self.dropout, self.norm_first, name="feed_forward_add_norm", dtype=policy
+        )
+        self.feed_forward_add_norm.build(x_shape)
+
+    def call(self, x, padding_mask=None, training=None):
+        h = self.self_attention_add_norm.sublayer_input(x)
+        attended = self.self_attention(h, h, key_padding_mask=padding_mask, training=training)
+        x = self.self_attention_add_norm(x, attended, training=training)
+        h = self.feed_forward_add_norm.sublayer_input(x)
+        return self.feed_forward_add_norm(x, self.feed_forward(h, training=training), training=training)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "d_ff": self.d_ff,
+            "dropout": self.dropout,
+            "norm_first": self.norm_first,
+        }
+
+
+@keras.saving.register_keras_serializable(package="kerasformer")
+class Encoder(keras.layers.Layer):
+    """Input embedding + positional encoding, then N `EncoderBlock`s.
+
+    With pre-norm blocks the stack ends in a LayerNorm, since no block normalizes
+    its own output.
+
+    Args:
+        vocab_size, num_layers, d_model, num_heads, d_ff, dropout, max_length,
+        positional, norm_first: as in `TransformerConfig` (source side).
+
+    Call arguments:
+        token_ids: int `(batch, source_length)`, 0 = padding.
+
+    Returns:
+        encoder_output `(batch, source_length, d_model)`.
+    """
+
+    def __init__(
+        self, vocab_size, num_layers, d_model, num_heads, d_ff, dropout=0.0,
+        max_length=512, positional="sinusoidal", norm_first=False, **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        self.num_layers = num_layers
+        self.d_model = d_model
+        self.num_heads = num_heads
+        self.d_ff = d_ff
+        self.dropout = dropout
+        self.max_length = max_length
+        self.positional = positional
+        self.norm_first = norm_first
+
+    def build(self, token_ids_shape):
+        policy = self.dtype_policy
+        self.embedding = PositionalEmbedding(
+            self.vocab_size, self.d_model, self.max_length, self.positional, self.dropout,
+            name="embedding", dtype=policy,
+        )
+        self.embedding.build(token_ids_shape)
+        x_shape = tuple(token_ids_shape) + (self.d_model,)
+        self.blocks = []
+        for i in range(self.num_layers):
+            block = EncoderBlock(
+                self.num_heads, self.d_ff, self.dropout, self.norm_first,
+                name=f"block_{i}", dtype=policy,
+            )
+            block.build(x_shape)
+            self.blocks.append(block)
+        self.final_norm = None
+        if self.norm_first:
+            self.final_norm = keras.layers.LayerNormalization(
+                epsilon=1e-6, name="final_norm", dtype=policy
+            )
+            self.final_norm.build(x_shape)
+
+    def call(self, token_ids, training=None):
+        mask = padding_mask(token_ids)
+        x = self.embedding(token_ids, training=training)
+        for block in self.blocks:
+            x = block(x, padding_mask=mask, training=training)
+        return x if self.final_norm is None else self.final_norm(x)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "vocab_size": self.vocab_size,
+            "num_layers": self.num_layers,
+            "d_model": self.d_model,
+            "num_heads": self.num_heads,
+            "d_ff": self.d_ff,
+            "dropout": self.dropout,
+            "max_length": self.max_length,
+            "positional": self.positional,
+            "norm_first": self.norm_first,
+        }

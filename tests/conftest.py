@@ -1,0 +1,47 @@
+"""Shared test helpers. The backend is chosen by KERAS_BACKEND (tensorflow by default)."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+
+def numpy(x):
+    return ops.convert_to_numpy(x)
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    keras.utils.set_random_seed(1234)
+    yield
+    keras.backend.clear_session()
+
+
+def pytest_report_header(config):
+    return f"keras backend: {keras.backend.backend()} (keras {keras.__version__})"
+
+
+def round_trip(model, tmp_path, inputs):
+    """Saves `model` to .keras, loads it back, and returns (original, loaded) outputs."""
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    return numpy(model(inputs)), numpy(loaded(inputs)), loaded
+
+
+def layer_model(layer, *input_specs):
+    """Wraps one layer in a functional model so it can go through a .keras file."""
+    inputs = [keras.Input(shape=shape, dtype=dtype) for shape, dtype in input_specs]
+    outputs = layer(*inputs)
+    return keras.Model(inputs[0] if len(inputs) == 1 else inputs, outputs)
+
+
+def random_tokens(rng, batch, length, vocab_size, pad_from=None):
+    """Token ids in [1, vocab_size); rows padded with 0 from `pad_from[b]` on."""
+    tokens = rng.integers(1, vocab_size, size=(batch, length)).astype("int32")
+    if pad_from is not None:
+        for row, start in enumerate(pad_from):
+            tokens[row, start:] = 0
+    return tokens

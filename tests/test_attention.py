@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+import reference
+from conftest import layer_model, numpy, round_trip
+
+from kerasformer import MultiHeadAttention, scaled_dot_product_attention
+
+BATCH, QUERY_LENGTH, KEY_LENGTH, D_MODEL, HEADS = 2, 5, 7, 16, 4
+
+
+def random(*shape, seed=0):
+    return np.random.default_rng(seed).normal(size=shape).astype("float32")
+
+
+def key_padding():
+    """Row 0 has 7 real keys, row 1 has 4 then padding."""
+    return np.array([[1] * 7, [1] * 4 + [0] * 3], dtype=bool)
+
+
+def test_scaled_dot_product_attention_matches_equation_1():
+    q, k, v = random(BATCH, HEADS, QUERY_LENGTH, 8), random(BATCH, HEADS, KEY_LENGTH, 8, seed=1), random(
+        BATCH, HEADS, KEY_LENGTH, 6, seed=2
+    )
+    mask = key_padding()[:, None, None, :]
+    out, weights = scaled_dot_product_attention(q, k, v, mask)
+    ref_out, ref_weights = reference.scaled_dot_product_attention(q, k, v, mask)
+    np.testing.assert_allclose(numpy(out), ref_out, atol=1e-5)
+    np.testing.assert_allclose(numpy(weights), ref_weights, atol=1e-6)
+
+
+def test_padded_keys_get_exactly_zero_weight_and_rows_sum_to_one():
+    layer = MultiHeadAttention(num_heads=HEADS)
+    query, value = random(BATCH, QUERY_LENGTH, D_MODEL), random(BATCH, KEY_LENGTH, D_MODEL, seed=1)
+    _, weights = layer(query, value, key_padding_mask=key_padding(), return_attention_scores=True)
+    weights = numpy(weights)
+    assert weights.shape == (BATCH, HEADS, QUERY_LENGTH, KEY_LENGTH)
+    assert np.all(weights[1, :, :, 4:] == 0)
+    np.testing.assert_allclose(weights.sum(-1), 1, atol=1e-6)
+
+
+def test_fully_masked_row_gives_finite_output():
+    layer = MultiHeadAttention(num_heads=HEADS)
+    x = random(1, 3, D_MODEL)
+    out = numpy(layer(x, x, key_padding_mask=np.zeros((1, 3), bool)))
+    assert np.isfinite(out).all()
+
+
+def test_multi_head_attention_matches_split_concat_reference():
+    layer = MultiHeadAttention(num_heads=HEADS)
+    query, value = random(BATCH, QUERY_LENGTH, D_MODEL), random(BATCH, KEY_LENGTH, D_MODEL, seed=1)
+    out, weights = layer(query, value, key_padding_mask=key_padding(), return_attention_scores=True)
+    mask = np.broadcast_to(key_padding()[:, None, :], (BATCH, QUERY_LENGTH, KEY_LENGTH))
+    ref_out, ref_weights = reference.multi_head_attention(layer, query, value, mask)
+    assert numpy(out).shape == (BATCH, QUERY_LENGTH, D_MODEL)
+    np.testing.assert_allclose(numpy(out), ref_out, atol=1e-5)
+    np.testing.assert_allclose(numpy(weights), ref_weights, atol=1e-6)
+
+
+def test_causal_mask_matches_reference_and_hides_the_future():
+    layer = MultiHeadAttention(num_heads=HEADS)
+    x = random(BATCH, QUERY_LENGTH, D_MODEL)
+    out, weights = layer(x, x, use_causal_mask=True, return_attention_scores=True)
+    mask = np.broadcast_to(reference.causal(QUERY_LENGTH), (BATCH, QUERY_LENGTH, QUERY_LENGTH))
+    ref_out, _ = reference.multi_head_attention(layer, x, x, mask)
+    np.testing.assert_allclose(numpy(out), ref_out, atol=1e-5)
+    assert np.all(numpy(weights)[..., np.triu_indices(QUERY_LENGTH, 1)[0], np.triu_indices(QUERY_LENGTH, 1)[1]] == 0)
+
+
+def test_incremental_decoding_with_cache_equals_full_causal_attention():
+    layer = MultiHeadAttention(num_heads=HEADS)
+    x = random(BATCH, QUERY_LENGTH, D_MODEL)
+    full = numpy(layer(x, x, use_causal_mask=True))
+    max_length = QUERY_LENGTH + 3  # a cache longer than the sequence
+    cache = np.zeros((BATCH, 2, HEADS, max_length, D_MODEL // HEADS), "float32")
+    steps = []
+    for t in range(QUERY_LENGTH):
+        out, cache = layer(x[:, t : t + 1], x[:, t : t + 1], use_causal_mask=True, cache=cache, cache_update_index=t)
+        steps.append(numpy(out))
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+
+
+def test_precomputed_cross_attention_keys_values_equal_recomputing_them():
+    layer = MultiHeadAttention(num_heads=HEADS)
+    query, value = random(BATCH, QUERY_LENGTH, D_MODEL), random(BATCH, KEY_LENGTH, D_MODEL, seed=1)
+    direct = numpy(layer(query, value, key_padding_mask=key_padding()))
+    cache = layer.compute_key_value(value)
+    assert tuple(cache.shape) == (BATCH, 2, HEADS, KEY_LENGTH, D_MODEL // HEADS)
+    cached = numpy(layer(query, None, key_padding_mask=key_padding(), cache=cache))
+    np.testing.assert_allclose(cached, direct, atol=1e-6)
+
+
+def test_attention_dropout_only_in_training():
+    layer = MultiHeadAttention(num_heads=HEADS, dropout=0.5)
+    x = random(BATCH, QUERY_LENGTH, D_MODEL)
+    _, inference = layer(x, x, return_attention_scores=True)
+    _, trained = layer(x, x, return_attention_scores=True, training=True)
+    np.testing.assert_allclose(numpy(inference).sum(-1), 1, atol=1e-6)
+    assert (numpy(trained) == 0).mean() > 0.2
+
+
+def test_round_trip(tmp_path):
+    layer = MultiHeadAttention(num_heads=HEADS, dropout=0.1, name="attention")
+    assert MultiHeadAttention.from_config(layer.get_config()).get_config() == layer.get_config()
+    model = layer_model(layer, ((None, D_MODEL), "float32"), ((None, D_MODEL), "float32"))
+    inputs = [random(BATCH, QUERY_LENGTH, D_MODEL), random(BATCH, KEY_LENGTH, D_MODEL, seed=1)]
+    before, after, _ = round_trip(model, tmp_path, inputs)
+    np.testing.assert_array_equal(before, after)
+
+
+def test_d_model_not_divisible_by_heads_is_refused():
+    with pytest.raises(ValueError, match="d_model=10 is not divisible by num_heads=4"):
+        MultiHeadAttention(num_heads=4)(random(1, 3, 10), random(1, 3, 10))

@@ -1,0 +1,1 @@
+"""Training: data, tokenizers, schedule, loss and the train/evaluate entry points."""
