@@ -48,6 +48,9 @@ class AddNorm(keras.layers.Layer):
 
     def sublayer_input(self, x):
         """What the sublayer reads: LayerNorm(x) in pre-norm, x in post-norm."""
+        if not self.built:  # called before the layer's first __call__
+            self.build(tuple(x.shape))
+            self.built = True
         return self.layer_norm(x) if self.norm_first else x
 
     def call(self, x, sublayer_output, training=None):

@@ -11,7 +11,7 @@ from kerasformer.masks import padding_mask
 def build_seq2seq(config: TransformerConfig, name="transformer"):
     """Builds the Transformer of "Attention Is All You Need" from a config.
 
-    Inputs (a dict, or a list in this order):
+    Inputs (a dict keyed by these names):
         encoder_tokens: int32 `(batch, source_length)`, source_length <=
             `config.max_source_length`, 0 = padding.
         decoder_tokens: int32 `(batch, target_length)`, target_length <=

@@ -15,8 +15,6 @@ def numpy(x):
 @pytest.fixture(autouse=True)
 def seeded():
     keras.utils.set_random_seed(1234)
-    yield
-    keras.backend.clear_session()
 
 
 def pytest_report_header(config):

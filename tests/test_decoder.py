@@ -1,0 +1,93 @@
+import math
+
+import numpy as np
+import pytest
+import reference
+from conftest import layer_model, numpy, random_tokens, round_trip
+
+from kerasformer import Decoder, DecoderBlock
+
+
+def random(*shape, seed=0):
+    return np.random.default_rng(seed).normal(size=shape).astype("float32")
+
+
+DECODER_PADDING = np.array([[1] * 5, [1] * 2 + [0] * 3], dtype=bool)
+ENCODER_PADDING = np.array([[1] * 7, [1] * 4 + [0] * 3], dtype=bool)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_decoder_block_matches_reference(norm_first):
+    block = DecoderBlock(num_heads=4, d_ff=32, norm_first=norm_first)
+    x, encoder_output = random(2, 5, 16), random(2, 7, 16, seed=1)
+    out = numpy(block(x, encoder_output, DECODER_PADDING, ENCODER_PADDING))
+    expected = reference.decoder_block(x, encoder_output, block, DECODER_PADDING, ENCODER_PADDING)
+    np.testing.assert_allclose(out, expected, atol=1e-4)
+
+
+def test_decoder_block_returns_cross_attention_weights_with_padding_at_zero():
+    block = DecoderBlock(num_heads=4, d_ff=32)
+    _, weights = block(
+        random(2, 5, 16), random(2, 7, 16, seed=1), encoder_padding_mask=ENCODER_PADDING, return_attention_scores=True
+    )
+    weights = numpy(weights)
+    assert weights.shape == (2, 4, 5, 7)
+    assert np.all(weights[1, ..., 4:] == 0)
+
+
+def test_decoder_block_incremental_with_caches_equals_full_pass():
+    block = DecoderBlock(num_heads=4, d_ff=32)
+    x, encoder_output = random(2, 5, 16), random(2, 7, 16, seed=1)
+    full = numpy(block(x, encoder_output, encoder_padding_mask=ENCODER_PADDING))
+    cross_cache = block.cross_attention.compute_key_value(encoder_output)
+    self_cache = np.zeros((2, 2, 4, 8, 4), "float32")
+    steps = []
+    for t in range(5):
+        out, self_cache = block(
+            x[:, t : t + 1], None,
+            encoder_padding_mask=ENCODER_PADDING,
+            self_attention_cache=self_cache, cache_update_index=t, cross_attention_cache=cross_cache,
+        )
+        steps.append(numpy(out))
+    np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("tie_embeddings", [True, False])
+def test_decoder_is_embedding_blocks_and_final_linear(tie_embeddings):
+    decoder = Decoder(
+        vocab_size=30, num_layers=2, d_model=16, num_heads=4, d_ff=32, max_length=12, tie_embeddings=tie_embeddings
+    )
+    tokens = random_tokens(np.random.default_rng(0), 2, 5, 30, pad_from=[5, 2])
+    encoder_output = random(2, 7, 16, seed=1)
+    logits = numpy(decoder(tokens, encoder_output, ENCODER_PADDING))
+    assert logits.shape == (2, 5, 30) and logits.dtype == np.float32
+    table = decoder.embedding.embeddings.numpy()
+    x = table[tokens] * math.sqrt(16) + reference.positional_encoding(5, 16)
+    for block in decoder.blocks:
+        x = reference.decoder_block(x, encoder_output, block, tokens != 0, ENCODER_PADDING)
+    expected = x @ table.T if tie_embeddings else reference.linear(x, decoder.output_projection)
+    np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+
+def test_tied_decoder_has_no_separate_projection_weights():
+    def count(tie):
+        decoder = Decoder(vocab_size=30, num_layers=1, d_model=16, num_heads=4, d_ff=32, tie_embeddings=tie)
+        decoder(np.ones((1, 3), "int32"), random(1, 4, 16))
+        return decoder.count_params()
+
+    assert count(False) - count(True) == 16 * 30 + 30
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_round_trip(tmp_path, norm_first):
+    decoder = Decoder(
+        vocab_size=30, num_layers=2, d_model=16, num_heads=4, d_ff=32, dropout=0.1,
+        max_length=12, norm_first=norm_first, tie_embeddings=False,
+    )
+    assert Decoder.from_config(decoder.get_config()).get_config() == decoder.get_config()
+    block = DecoderBlock(num_heads=4, d_ff=32, dropout=0.1, norm_first=norm_first)
+    assert DecoderBlock.from_config(block.get_config()).get_config() == block.get_config()
+    model = layer_model(decoder, ((None,), "int32"), ((None, 16), "float32"))
+    tokens = random_tokens(np.random.default_rng(0), 2, 5, 30, pad_from=[5, 2])
+    before, after, _ = round_trip(model, tmp_path, [tokens, random(2, 7, 16, seed=1)])
+    np.testing.assert_array_equal(before, after)

@@ -1,0 +1,55 @@
+import math
+
+import numpy as np
+import pytest
+import reference
+from conftest import layer_model, numpy, random_tokens, round_trip
+
+from kerasformer import Encoder, EncoderBlock
+
+
+def random(*shape, seed=0):
+    return np.random.default_rng(seed).normal(size=shape).astype("float32")
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_encoder_block_matches_reference(norm_first):
+    block = EncoderBlock(num_heads=4, d_ff=32, norm_first=norm_first)
+    x = random(2, 6, 16)
+    padding = np.array([[1] * 6, [1] * 3 + [0] * 3], dtype=bool)
+    out = numpy(block(x, padding_mask=padding))
+    np.testing.assert_allclose(out, reference.encoder_block(x, block, padding), atol=1e-4)
+
+
+def test_encoder_is_embedding_then_n_blocks():
+    encoder = Encoder(vocab_size=30, num_layers=3, d_model=16, num_heads=4, d_ff=32, max_length=12)
+    tokens = random_tokens(np.random.default_rng(0), 2, 6, 30, pad_from=[6, 4])
+    out = numpy(encoder(tokens))
+    assert out.shape == (2, 6, 16) and len(encoder.blocks) == 3
+    x = encoder.embedding.embeddings.numpy()[tokens] * math.sqrt(16) + reference.positional_encoding(6, 16)
+    for block in encoder.blocks:
+        x = reference.encoder_block(x, block, tokens != 0)
+    np.testing.assert_allclose(out, x, atol=1e-4)
+
+
+def test_trailing_source_padding_does_not_change_real_positions():
+    encoder = Encoder(vocab_size=30, num_layers=2, d_model=16, num_heads=4, d_ff=32, max_length=12)
+    tokens = random_tokens(np.random.default_rng(0), 2, 5, 30, pad_from=[5, 3])
+    padded = np.pad(tokens, ((0, 0), (0, 4)))
+    np.testing.assert_allclose(numpy(encoder(padded))[0, :5], numpy(encoder(tokens))[0], atol=1e-5)
+    np.testing.assert_allclose(numpy(encoder(padded))[1, :3], numpy(encoder(tokens))[1, :3], atol=1e-5)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_round_trip(tmp_path, norm_first):
+    encoder = Encoder(
+        vocab_size=30, num_layers=2, d_model=16, num_heads=4, d_ff=32, dropout=0.1,
+        max_length=12, positional="learned", norm_first=norm_first,
+    )
+    assert Encoder.from_config(encoder.get_config()).get_config() == encoder.get_config()
+    block = EncoderBlock(num_heads=4, d_ff=32, dropout=0.1, norm_first=norm_first)
+    assert EncoderBlock.from_config(block.get_config()).get_config() == block.get_config()
+    model = layer_model(encoder, ((None,), "int32"))
+    tokens = random_tokens(np.random.default_rng(0), 2, 6, 30, pad_from=[6, 2])
+    before, after, _ = round_trip(model, tmp_path, tokens)
+    np.testing.assert_array_equal(before, after)

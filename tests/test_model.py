@@ -1,0 +1,159 @@
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from conftest import numpy, random_tokens, round_trip
+
+from kerasformer import build_seq2seq, preset
+
+SOURCE_VOCAB, TARGET_VOCAB = 40, 50
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def tiny_model(**overrides):
+    config = preset("tiny", source_vocab_size=SOURCE_VOCAB, target_vocab_size=TARGET_VOCAB, **overrides)
+    return build_seq2seq(config)
+
+
+def batch(seed=0, source_pad_from=(7, 4), target_pad_from=(6, 3)):
+    rng = np.random.default_rng(seed)
+    return {
+        "encoder_tokens": random_tokens(rng, 2, 7, SOURCE_VOCAB, source_pad_from),
+        "decoder_tokens": random_tokens(rng, 2, 6, TARGET_VOCAB, target_pad_from),
+    }
+
+
+def test_logits_shape_and_named_inputs():
+    model = tiny_model()
+    assert sorted(tensor.name for tensor in model.inputs) == ["decoder_tokens", "encoder_tokens"]
+    logits = numpy(model(batch()))
+    assert logits.shape == (2, 6, TARGET_VOCAB) and logits.dtype == np.float32
+
+
+@pytest.mark.parametrize("source_length,target_length", [(1, 1), (32, 32), (3, 17)])
+def test_any_length_up_to_the_configured_maximum(source_length, target_length):
+    model = tiny_model()
+    tokens = {
+        "encoder_tokens": np.ones((1, source_length), "int32"),
+        "decoder_tokens": np.ones((1, target_length), "int32"),
+    }
+    assert numpy(model(tokens)).shape == (1, target_length, TARGET_VOCAB)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_causality_future_decoder_tokens_never_change_earlier_logits(norm_first):
+    model = tiny_model(norm_first=norm_first)
+    tokens = batch(target_pad_from=(6, 6))
+    logits = numpy(model(tokens))
+    rng = np.random.default_rng(1)
+    for t in range(5):
+        changed = {k: v.copy() for k, v in tokens.items()}
+        changed["decoder_tokens"][:, t + 1 :] = rng.integers(1, TARGET_VOCAB, size=(2, 5 - t))
+        changed_logits = numpy(model(changed))
+        np.testing.assert_allclose(changed_logits[:, : t + 1], logits[:, : t + 1], atol=1e-5)
+        assert not np.allclose(changed_logits[:, t + 1 :], logits[:, t + 1 :], atol=1e-3)
+
+
+@pytest.mark.parametrize("positional", ["sinusoidal", "learned"])
+def test_trailing_padding_does_not_change_logits_at_real_positions(positional):
+    model = tiny_model(positional=positional)
+    tokens = batch()
+    logits = numpy(model(tokens))
+    padded = {k: np.pad(v, ((0, 0), (0, 5))) for k, v in tokens.items()}
+    padded_logits = numpy(model(padded))
+    for row, real in enumerate((6, 3)):
+        np.testing.assert_allclose(padded_logits[row, :real], logits[row, :real], atol=1e-5)
+
+
+def test_source_padding_tokens_are_ignored_whatever_their_embedding():
+    model = tiny_model()
+    tokens = batch(source_pad_from=(4, 4), target_pad_from=(6, 6))
+    logits = numpy(model(tokens))
+    shorter = dict(tokens, encoder_tokens=tokens["encoder_tokens"][:, :4])
+    np.testing.assert_allclose(numpy(model(shorter)), logits, atol=1e-5)
+
+
+def test_tied_embeddings_share_the_target_embedding_with_the_output_projection():
+    tied, untied = tiny_model(tie_embeddings=True), tiny_model(tie_embeddings=False)
+    assert untied.count_params() - tied.count_params() == 32 * TARGET_VOCAB + TARGET_VOCAB
+    decoder = tied.get_layer("decoder")
+    assert decoder.output_projection is None
+
+
+@pytest.mark.parametrize("overrides", [{}, {"norm_first": True, "positional": "learned", "tie_embeddings": False}])
+def test_keras_file_round_trip_gives_identical_logits(tmp_path, overrides):
+    model = tiny_model(dropout=0.1, **overrides)
+    before, after, loaded = round_trip(model, tmp_path, batch())
+    np.testing.assert_array_equal(before, after)
+    assert loaded.get_layer("decoder").get_config() == model.get_layer("decoder").get_config()
+
+
+def test_functional_config_round_trip():
+    model = tiny_model()
+    clone = keras.Model.from_config(model.get_config())
+    clone.set_weights(model.get_weights())
+    np.testing.assert_array_equal(numpy(clone(batch())), numpy(model(batch())))
+
+
+LOAD_AND_COMPARE = """
+import json, sys
+import numpy as np, keras
+import kerasformer  # registers the layers
+model = keras.saving.load_model(sys.argv[1])
+data = np.load(sys.argv[2])
+logits = keras.ops.convert_to_numpy(model({"encoder_tokens": data["encoder_tokens"], "decoder_tokens": data["decoder_tokens"]}))
+print(json.dumps({"backend": keras.backend.backend(), "max_abs_diff": float(np.abs(logits - data["logits"]).max())}))
+"""
+
+
+def test_keras_file_written_under_this_backend_loads_under_the_others(tmp_path):
+    model = tiny_model()
+    tokens = batch()
+    model_path, data_path = str(tmp_path / "model.keras"), str(tmp_path / "data.npz")
+    model.save(model_path)
+    np.savez(data_path, logits=numpy(model(tokens)), **tokens)
+    for backend in BACKENDS:
+        if backend == keras.backend.backend():
+            continue
+        result = subprocess.run(
+            [sys.executable, "-c", LOAD_AND_COMPARE, model_path, data_path],
+            env={**os.environ, "KERAS_BACKEND": backend},
+            capture_output=True, text=True, timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        assert report["backend"] == backend
+        assert report["max_abs_diff"] < 1e-4, report
+
+
+def test_token_id_outside_vocabulary_is_refused_in_eager_calls():
+    model = tiny_model()
+    tokens = batch()
+    tokens["decoder_tokens"][0, 0] = TARGET_VOCAB
+    with pytest.raises(ValueError, match=rf"token id {TARGET_VOCAB} is outside \[0, vocab_size={TARGET_VOCAB}\)"):
+        model(tokens)
+
+
+def test_source_longer_than_max_source_length_is_refused():
+    model = tiny_model()
+    tokens = {"encoder_tokens": np.ones((1, 33), "int32"), "decoder_tokens": np.ones((1, 3), "int32")}
+    with pytest.raises(ValueError, match="sequence length 33 exceeds max_length=32"):
+        model(tokens)
+
+
+def test_wrong_input_names_are_refused():
+    model = tiny_model()
+    tokens = batch()
+    with pytest.raises(ValueError, match="encoder_tokens"):
+        model({"source": tokens["encoder_tokens"], "decoder_tokens": tokens["decoder_tokens"]})
+
+
+def test_wrong_input_rank_is_refused():
+    model = tiny_model()
+    tokens = batch()
+    with pytest.raises(ValueError, match="incompatible shape"):
+        model({"encoder_tokens": tokens["encoder_tokens"][0], "decoder_tokens": tokens["decoder_tokens"]})
