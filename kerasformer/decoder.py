@@ -212,6 +212,52 @@ class Decoder(keras.layers.Layer):
             logits = ops.matmul(x, ops.transpose(ops.cast(self.embedding.embeddings, x.dtype)))
         return ops.cast(logits, "float32")
 
+    def compute_cross_attention_cache(self, encoder_output):
+        """Every block's cross-attention keys and values, computed once per source.
+
+        Returns:
+            `(batch, num_layers, 2, num_heads, source_length, d_k)`.
+        """
+        return ops.stack(
+            [block.cross_attention.compute_key_value(encoder_output) for block in self.blocks], axis=1
+        )
+
+    def empty_self_attention_cache(self, batch_size, max_length):
+        """Zeros `(batch, num_layers, 2, num_heads, max_length, d_k)` to decode into."""
+        num_heads = self.blocks[0].num_heads
+        shape = (batch_size, self.num_layers, 2, num_heads, max_length, self.d_model // num_heads)
+        return ops.zeros(shape, dtype=self.compute_dtype)
+
+    def decode_step(self, token_ids, index, self_attention_cache, cross_attention_cache, encoder_padding_mask=None):
+        """One step of incremental decoding: the same blocks as `call`, fed one
+        position and the keys/values of the positions before it.
+
+        Args:
+            token_ids: int `(batch, 1)`, the token at position `index`.
+            index: position of `token_ids` (a scalar tensor or int).
+            self_attention_cache: from `empty_self_attention_cache` or the last step.
+            cross_attention_cache: from `compute_cross_attention_cache`.
+            encoder_padding_mask: bool `(batch, source_length)`.
+
+        Returns:
+            `(logits, self_attention_cache)`: float32 logits `(batch, vocab_size)`
+            for the token at position index + 1, and the updated cache.
+        """
+        x = self.embedding(token_ids, start_index=index)
+        updated = []
+        for i, block in enumerate(self.blocks):
+            x, layer_cache = block(
+                x,
+                encoder_padding_mask=encoder_padding_mask,
+                self_attention_cache=self_attention_cache[:, i],
+                cache_update_index=index,
+                cross_attention_cache=cross_attention_cache[:, i],
+            )
+            updated.append(layer_cache)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return self.logits(x)[:, 0], ops.stack(updated, axis=1)
+
     def call(
         self,
         token_ids,

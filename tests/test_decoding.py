@@ -1,0 +1,62 @@
+import keras
+import numpy as np
+import pytest
+from conftest import numpy
+
+from kerasformer import build_seq2seq, preset
+from kerasformer.decoding import best_token, greedy_decode, greedy_decode_uncached
+
+START, END, VOCAB = 1, 2, 13  # digits are ids 3..12
+
+
+@pytest.fixture(scope="module")
+def copy_model():
+    """A tiny model trained briefly to copy digit strings."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    digits = rng.integers(3, VOCAB, size=(1500, 5)).astype("int32")
+    inputs = {
+        "encoder_tokens": digits,
+        "decoder_tokens": np.concatenate([np.full((1500, 1), START, "int32"), digits], axis=1),
+    }
+    labels = np.concatenate([digits, np.full((1500, 1), END, "int32")], axis=1)
+    model = build_seq2seq(preset("tiny", source_vocab_size=VOCAB, target_vocab_size=VOCAB))
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
+    )
+    model.fit(inputs, labels, batch_size=64, epochs=3, verbose=0)
+    return model
+
+
+def test_best_token_never_predicts_padding():
+    logits = np.array([[9.0, 1.0, 2.0], [0.0, 1.0, 5.0]], "float32")
+    np.testing.assert_array_equal(numpy(best_token(logits)), [2, 2])
+
+
+def test_cached_decoding_gives_exactly_the_tokens_of_full_recomputation(copy_model):
+    source = np.array([[3, 4, 5, 6, 7], [12, 11, 10, 0, 0], [5, 5, 9, 9, 0]], "int32")
+    cached = numpy(greedy_decode(copy_model, source, START, END, max_length=8))
+    uncached = numpy(greedy_decode_uncached(copy_model, source, START, END, max_length=8))
+    np.testing.assert_array_equal(cached, uncached)
+    assert cached.shape == (3, 8)
+
+
+def test_decoding_stops_at_end_and_pads_after_it(copy_model):
+    source = np.array([[3, 4, 5, 6, 7], [12, 11, 10, 0, 0]], "int32")
+    tokens = numpy(greedy_decode(copy_model, source, START, END, max_length=8))
+    np.testing.assert_array_equal(tokens[0, :6], [3, 4, 5, 6, 7, END])
+    for row in tokens:
+        end = list(row).index(END)
+        assert np.all(row[end + 1 :] == 0)
+
+
+def test_never_runs_past_the_length_bound(copy_model):
+    source = np.array([[3, 4, 5, 6, 7]], "int32")
+    tokens = numpy(greedy_decode(copy_model, source, START, END, max_length=3))
+    np.testing.assert_array_equal(tokens, [[3, 4, 5]])
+
+
+def test_max_length_beyond_the_decoder_is_refused(copy_model):
+    with pytest.raises(ValueError, match="max_length=33 exceeds the decoder's max_length=32"):
+        greedy_decode(copy_model, np.array([[3]], "int32"), START, END, max_length=33)
