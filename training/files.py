@@ -15,6 +15,7 @@ def atomic_write(path, data: bytes):
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp creates 0600
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

@@ -1,0 +1,179 @@
+"""Train a Transformer translator with `model.fit`.
+
+    python -m training.train [--config FILE.toml|.yaml] [--epochs 3] [--run-dir runs/x] ...
+
+Reads sentence pairs (the embedded English->Spanish corpus by default), trains
+SentencePiece tokenizers on the training split, and fits the model with the
+paper's loss, optimizer and schedule. Running the same command again resumes an
+interrupted run (BackupAndRestore). The run folder receives:
+
+    config.json            the resolved settings and model config
+    tokenizers/            source.model, target.model (+ .vocab listings)
+    best.keras, last.keras best (lowest validation loss) and last model
+    backup/                BackupAndRestore state while a run is unfinished
+    logs/                  TensorBoard logs
+    metrics.json           per-epoch history, tokens/s, wall time
+    curves.png             train/validation loss and accuracy
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import keras
+
+from training.callbacks import AtomicCheckpoint, Throughput, TimeBudget
+from training.config import TrainConfig, load_config_file
+from training.corpus_reader import read_corpus
+from training.files import atomic_write
+from training.loss import MaskedAccuracy, MaskedLabelSmoothedCrossEntropy, Perplexity
+from training.pipeline import count_tokens, make_dataset
+from training.schedule import paper_optimizer
+from training.tokenizers import load_tokenizer, save_tokenizer, train_sentencepiece
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="TOML or YAML file of TrainConfig keys")
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        if field.type is bool:
+            parser.add_argument(flag, type=lambda v: v.lower() in ("1", "true", "yes"), default=None, metavar="BOOL")
+        elif field.type is dict:
+            parser.add_argument(flag, type=json.loads, default=None, metavar="JSON", help="model overrides, e.g. '{\"num_layers\": 2}'")
+        else:
+            parser.add_argument(flag, type=field.type, default=None)
+    args = parser.parse_args(argv)
+    values = load_config_file(args.config) if args.config else {}
+    source = args.config or "config"
+    overrides = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
+    return TrainConfig.from_dict({**values, **overrides}, source=source)
+
+
+def prepare_tokenizers(config, train):
+    """Trains the tokenizers, or reuses the run's own so a resumed run keeps its ids."""
+    folder = os.path.join(config.run_dir, "tokenizers")
+    for side, texts in (("source", train.sources), ("target", train.targets)):
+        path = os.path.join(folder, f"{side}.model")
+        if not os.path.exists(path):
+            save_tokenizer(train_sentencepiece(texts, config.vocabulary_size), path)
+    return load_tokenizer(os.path.join(folder, "source.model")), load_tokenizer(os.path.join(folder, "target.model"))
+
+
+def plot_curves(history, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = range(1, len(history["loss"]) + 1)
+    for axis, metric in ((loss_axis, "loss"), (accuracy_axis, "masked_accuracy")):
+        axis.plot(epochs, history[metric], marker="o", label="train")
+        if f"val_{metric}" in history:
+            axis.plot(epochs, history[f"val_{metric}"], marker="o", label="validation")
+        axis.set_xlabel("epoch")
+        axis.set_title(metric)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path + ".tmp.png", dpi=100)
+    plt.close(figure)
+    os.replace(path + ".tmp.png", path)
+
+
+def train(config: TrainConfig):
+    """Runs (or resumes) training; returns the metrics dict written to metrics.json."""
+    started = time.monotonic()
+    os.makedirs(config.run_dir, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+    if config.precision != "float32":
+        keras.mixed_precision.set_dtype_policy(config.precision)
+
+    train_pairs = read_corpus(config.corpus_file("train"), source_column=config.source_column,
+                              target_column=config.target_column, skip_malformed=config.skip_malformed)
+    validation_pairs = read_corpus(config.corpus_file("validation"), source_column=config.source_column,
+                                   target_column=config.target_column, skip_malformed=config.skip_malformed)
+    for corpus in (train_pairs, validation_pairs):
+        if corpus.skipped:
+            print(f"{corpus.path}: {corpus.skipped_summary()}", file=sys.stderr)
+    if config.max_train_pairs:
+        train_pairs.sources = train_pairs.sources[: config.max_train_pairs]
+        train_pairs.targets = train_pairs.targets[: config.max_train_pairs]
+
+    source_tokenizer, target_tokenizer = prepare_tokenizers(config, train_pairs)
+    model_config = config.model_config(source_tokenizer.vocabulary_size(), target_tokenizer.vocabulary_size())
+    atomic_write(
+        os.path.join(config.run_dir, "config.json"),
+        json.dumps({"train": config.to_dict(), "model": model_config.to_dict(),
+                    "backend": keras.backend.backend()}, indent=2).encode(),
+    )
+
+    def dataset(pairs, shuffle):
+        return make_dataset(pairs.sources, pairs.targets, source_tokenizer, target_tokenizer,
+                            model_config.max_source_length, model_config.max_target_length,
+                            batch_tokens=config.batch_tokens, shuffle=shuffle, seed=config.seed)
+
+    train_data, validation_data = dataset(train_pairs, True), dataset(validation_pairs, False)
+    tokens_per_epoch = count_tokens(train_data)
+    steps_per_epoch = sum(1 for _ in train_data)
+
+    from kerasformer import build_seq2seq
+
+    model = build_seq2seq(model_config)
+    model.compile(
+        optimizer=paper_optimizer(model_config.d_model, config.warmup_steps),
+        loss=MaskedLabelSmoothedCrossEntropy(config.label_smoothing),
+        metrics=[MaskedAccuracy(), Perplexity()],
+        jit_compile=config.jit_compile,
+    )
+    throughput, budget = Throughput(), None
+    callbacks = [
+        keras.callbacks.BackupAndRestore(
+            os.path.join(config.run_dir, "backup"),
+            save_freq=config.backup_every_steps or "epoch",
+            double_checkpoint=True,
+        ),
+        AtomicCheckpoint(os.path.join(config.run_dir, "best.keras"), monitor="val_loss"),
+        AtomicCheckpoint(os.path.join(config.run_dir, "last.keras")),
+        keras.callbacks.TensorBoard(os.path.join(config.run_dir, "logs")),
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience),
+        throughput,
+    ]
+    if config.time_budget_minutes:
+        budget = TimeBudget(config.time_budget_minutes)
+        callbacks.append(budget)
+    print(f"train: {len(train_pairs)} pairs, {tokens_per_epoch} target tokens, {steps_per_epoch} steps per epoch;"
+          f" validation: {len(validation_pairs)} pairs; backend {keras.backend.backend()}")
+    history = model.fit(train_data, validation_data=validation_data, epochs=config.epochs,
+                        callbacks=callbacks, verbose=2)
+
+    tokens_trained = tokens_per_epoch * throughput.steps / max(steps_per_epoch, 1)
+    metrics = {
+        "history": history.history,
+        "epochs_run": len(history.history.get("loss", [])),
+        "stopped_by_time_budget": bool(budget and budget.stopped_early),
+        "train_steps": throughput.steps,
+        "train_seconds": round(throughput.seconds, 1),
+        "train_tokens_per_second": round(tokens_trained / throughput.seconds, 1) if throughput.seconds else None,
+        "wall_seconds": round(time.monotonic() - started, 1),
+        "parameters": model.count_params(),
+        "backend": keras.backend.backend(),
+    }
+    atomic_write(os.path.join(config.run_dir, "metrics.json"), json.dumps(metrics, indent=2).encode())
+    if history.history.get("loss"):
+        plot_curves(history.history, os.path.join(config.run_dir, "curves.png"))
+    return metrics
+
+
+def main(argv=None):
+    config = parse_args(argv)
+    metrics = train(config)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
