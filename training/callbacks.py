@@ -59,20 +59,34 @@ class TimeBudget(keras.callbacks.Callback):
 
 
 class Throughput(keras.callbacks.Callback):
-    """Counts training steps and the seconds spent in them, validation excluded
-    and the first step (tracing and compiling) left out of both."""
+    """Training steps and the seconds they took: counted from the optimizer's
+    iterations (Keras does not report every step to callbacks), timed from the
+    end of the first step (tracing and compiling) to the end of training, with
+    validation left out."""
 
     def __init__(self):
         super().__init__()
         self.steps = 0
         self.seconds = 0.0
-        self.first_step_done = False
 
-    def on_train_batch_begin(self, batch, logs=None):
-        self.batch_start = time.monotonic()
+    def on_train_begin(self, logs=None):
+        self.start_iterations = int(self.model.optimizer.iterations.numpy())
+        self.clock_start = None
+        self.validation_seconds = 0.0
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.first_step_done:
-            self.seconds += time.monotonic() - self.batch_start
-            self.steps += 1
-        self.first_step_done = True
+        if self.clock_start is None:
+            self.clock_start = time.monotonic()
+
+    def on_test_begin(self, logs=None):
+        self.validation_start = time.monotonic()
+
+    def on_test_end(self, logs=None):
+        if self.clock_start is not None:
+            self.validation_seconds += time.monotonic() - self.validation_start
+
+    def on_train_end(self, logs=None):
+        if self.clock_start is None:
+            return
+        self.seconds = time.monotonic() - self.clock_start - self.validation_seconds
+        self.steps = int(self.model.optimizer.iterations.numpy()) - self.start_iterations - 1

@@ -56,7 +56,10 @@ def make_dataset(
         max_source_length, max_target_length: truncation lengths.
         batch_tokens: padded tokens per batch (per side); a bucket of length L
             gets batches of batch_tokens // L pairs.
-        shuffle: reshuffle the pairs every epoch (training).
+        shuffle: training mode: reshuffle the pairs every epoch and drop each
+            bucket's last partial batch, so every batch of a bucket has one
+            shape and a compiled train step is traced once per bucket (pairs
+            dropped in one epoch come back in another shuffle).
         seed: shuffle seed, so a run's data order is reproducible.
 
     Yields:
@@ -77,7 +80,7 @@ def make_dataset(
         bucket_boundaries=boundaries,
         bucket_batch_sizes=batch_sizes,
         pad_to_bucket_boundary=True,
-        drop_remainder=False,
+        drop_remainder=shuffle,
     )
 
     def to_model_inputs(source, decoder, labels):

@@ -5,7 +5,8 @@ evaluation and the exported SavedModel tokenize identically.
 SentencePiece treats text as a raw character stream, so it needs no word
 splitting: Chinese, which has no spaces, is cut into characters and subwords,
 and detokenization restores the text exactly (no spaces inserted between CJK
-characters, none before punctuation).
+characters, none before punctuation) up to SentencePiece's NFKC normalization
+(full-width ？ becomes ?).
 
 Reserved ids, the same in every tokenizer of a run:
     0 [PAD] padding, 1 [UNK] unknown, 2 [START] (bos), 3 [END] (eos).

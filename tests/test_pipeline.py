@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+
+from training.pipeline import bucket_boundaries, make_dataset
+from training.tokenizers import END_ID, START_ID, load_tokenizer, train_sentencepiece
+
+ENGLISH = "one two three four five six seven eight nine ten".split() * 4
+SPANISH = "uno dos tres cuatro cinco seis siete ocho nueve diez".split() * 4
+SOURCES = [" ".join(ENGLISH[: i % 40 + 1]) for i in range(60)]  # 1 to 40 words
+TARGETS = [" ".join(SPANISH[: i % 40 + 1]) for i in range(60)]
+
+
+@pytest.fixture
+def tokenizers():
+    # Function scope: tf.random.set_seed (run before every test) invalidates the
+    # TF resource behind a tensorflow-text SentencePiece tokenizer made earlier.
+    return load_tokenizer(train_sentencepiece(SOURCES, 60)), load_tokenizer(train_sentencepiece(TARGETS, 60))
+
+
+def batches(tokenizers, **kwargs):
+    options = dict(max_source_length=40, max_target_length=40, batch_tokens=256, shuffle=False)
+    options.update(kwargs)
+    return list(make_dataset(SOURCES, TARGETS, *tokenizers, **options).as_numpy_iterator())
+
+
+def test_decoder_inputs_are_labels_shifted_right_behind_start(tokenizers):
+    for inputs, labels in batches(tokenizers):
+        decoder = inputs["decoder_tokens"]
+        assert np.all(decoder[:, 0] == START_ID)
+        for row in range(len(labels)):
+            length = np.count_nonzero(labels[row])
+            assert labels[row, length - 1] == END_ID
+            np.testing.assert_array_equal(decoder[row, 1:length], labels[row, : length - 1])
+            assert np.count_nonzero(decoder[row]) == length
+
+
+def test_every_pair_appears_once_with_its_own_tokens(tokenizers):
+    source_tokenizer, _ = tokenizers
+    seen = sorted(
+        tuple(int(t) for t in row if t) for inputs, _ in batches(tokenizers) for row in inputs["encoder_tokens"]
+    )
+    expected = sorted(tuple(int(t) for t in source_tokenizer(s)[:40]) for s in SOURCES)
+    assert seen == expected
+
+
+def test_truncation_to_the_maximum_lengths(tokenizers):
+    for inputs, labels in batches(tokenizers, max_source_length=12, max_target_length=9):
+        assert inputs["encoder_tokens"].shape[1] <= 12
+        assert inputs["decoder_tokens"].shape[1] <= 9 and labels.shape[1] <= 9
+
+
+def test_batches_group_similar_lengths_padded_to_bucket_boundaries(tokenizers):
+    widths = set()
+    for inputs, labels in batches(tokenizers):
+        width = labels.shape[1]
+        widths.add(width)
+        assert width + 1 in bucket_boundaries(40)
+        lengths = np.count_nonzero(labels, axis=1)
+        assert lengths.max() <= width and lengths.min() > width - 8 - 1
+        assert len(labels) * width <= max(256, width)  # the token budget
+    assert len(widths) > 1
+
+
+def test_shuffling_is_seeded(tokenizers):
+    first = [b[1].tolist() for b in batches(tokenizers, shuffle=True, seed=3)]
+    again = [b[1].tolist() for b in batches(tokenizers, shuffle=True, seed=3)]
+    assert first == again

@@ -1,0 +1,113 @@
+"""End to end: training.train on a few hundred pairs writes a complete run folder,
+resumes after an interruption, and the run translates (also Chinese->English)."""
+
+import gzip
+import json
+import os
+
+import keras
+import pytest
+
+import training.train as train_module
+from training.config import TrainConfig
+from training.evaluate import evaluate
+from training.train import parse_args, train
+from training.translator import Translator
+
+TINY = dict(preset="tiny", max_train_pairs=200, vocabulary_size=300, batch_tokens=512, warmup_steps=20, patience=50)
+DEFAULT_CORPUS = os.path.join(os.path.dirname(__file__), os.pardir, "training", "corpus", "en-es")
+
+
+def tiny_config(run_dir, **changes):
+    """200 training pairs of the default corpus; 60 validation pairs."""
+    validation = os.path.join(run_dir, "validation.tsv")
+    if not os.path.exists(validation):
+        with gzip.open(os.path.join(DEFAULT_CORPUS, "validation.tsv.gz"), "rt", encoding="utf-8") as file:
+            lines = file.readlines()[:60]
+        os.makedirs(run_dir, exist_ok=True)
+        with open(validation, "w", encoding="utf-8") as file:
+            file.writelines(lines)
+    return TrainConfig(run_dir=str(run_dir), validation_file=validation, **{**TINY, **changes})
+
+
+def test_run_folder_is_complete(tmp_path):
+    metrics = train(tiny_config(tmp_path, epochs=2))
+    for name in ("config.json", "best.keras", "last.keras", "metrics.json", "curves.png",
+                 "tokenizers/source.model", "tokenizers/target.model", "tokenizers/target.vocab"):
+        assert (tmp_path / name).exists(), name
+    assert os.listdir(tmp_path / "logs")
+    assert not (tmp_path / "backup").exists() or not os.listdir(tmp_path / "backup")  # removed when finished
+    assert metrics["epochs_run"] == 2 and metrics["train_tokens_per_second"] > 0
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["train"]["preset"] == "tiny" and saved["model"]["d_model"] == 32
+    assert set(metrics["history"]) >= {"loss", "val_loss", "masked_accuracy", "perplexity"}
+    translations = Translator.from_run(str(tmp_path)).translate(["In the beginning.", "Jesus wept."])
+    assert len(translations) == 2 and all(isinstance(t, str) for t in translations)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_from_the_saved_epoch(tmp_path, monkeypatch):
+    first_epoch_steps = []
+
+    class InterruptAtSecondEpoch(train_module.Throughput):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                first_epoch_steps.append(int(self.model.optimizer.iterations.numpy()))
+                raise Interrupt()
+
+    monkeypatch.setattr(train_module, "Throughput", InterruptAtSecondEpoch)
+    with pytest.raises(Interrupt):
+        train(tiny_config(tmp_path, epochs=3))
+    assert os.listdir(tmp_path / "backup")
+    monkeypatch.undo()
+
+    metrics = train(tiny_config(tmp_path, epochs=3))
+    assert metrics["epochs_run"] == 2  # epochs 2 and 3 only: epoch 1 was not redone
+    model = keras.saving.load_model(str(tmp_path / "last.keras"))
+    # The optimizer went on counting from where the interrupted run stopped.
+    resumed_steps = metrics["train_steps"] + 1
+    assert int(model.optimizer.iterations.numpy()) == first_epoch_steps[0] + resumed_steps
+
+
+def test_flags_override_the_config_file_and_unknown_keys_are_refused(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('preset = "tiny"\nepochs = 7\n[model]\nnum_layers = 1\n')
+    config = parse_args(["--config", str(path), "--epochs", "2"])
+    assert (config.preset, config.epochs, config.model) == ("tiny", 2, {"num_layers": 1})
+    path.write_text("epochz = 3\n")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['epochz'\]"):
+        parse_args(["--config", str(path)])
+    with pytest.raises(ValueError, match="d_model=30 is not divisible by num_heads=4"):
+        TrainConfig(preset="tiny", model={"d_model": 30})
+
+
+ZH_EN = [
+    ("我爱你。", "I love you."), ("你好吗？", "How are you?"), ("我很好。", "I am fine."),
+    ("他是学生。", "He is a student."), ("她是老师。", "She is a teacher."), ("我们是朋友。", "We are friends."),
+    ("谢谢你。", "Thank you."), ("再见。", "Goodbye."),
+]
+
+
+# 40 short epochs: about 1.5 minutes under TensorFlow and torch, 3.5 under JAX
+# (one compilation per bucket shape), so JAX runs it with `-m slow`.
+@pytest.mark.parametrize("marked", [pytest.param(None, marks=[pytest.mark.slow] if keras.backend.backend() == "jax" else [])])
+def test_chinese_to_english_trains_and_translates(tmp_path, marked):
+    corpus = tmp_path / "zh-en.tsv"
+    corpus.write_text("".join(f"{zh}\t{en}\n" for zh, en in ZH_EN * 12), encoding="utf-8")
+    config = TrainConfig(
+        run_dir=str(tmp_path / "run"), preset="tiny", train_file=str(corpus), validation_file=str(corpus),
+        test_file=str(corpus), vocabulary_size=60, batch_tokens=256, epochs=40, warmup_steps=30, patience=100,
+        label_smoothing=0.0, model={"dropout": 0.0},
+    )
+    train(config)
+    translator = Translator.from_run(config.run_dir)
+    pieces = translator.source_tokenizer.tokenize("我们是朋友。")
+    assert len(pieces) >= 3  # characters or subwords, not one whole-sentence word
+    translations = translator.translate([zh for zh, _ in ZH_EN])
+    correct = sum(t == en for t, (_, en) in zip(translations, ZH_EN))
+    assert correct >= 6, translations
+    scores, _ = evaluate(config.run_dir, split="test", examples=0)
+    assert scores["bleu"] > 50
