@@ -8,8 +8,15 @@ from kerasformer.encoder import Encoder
 from kerasformer.masks import padding_mask
 
 
-def build_seq2seq(config: TransformerConfig, name="transformer"):
+def build_seq2seq(config: TransformerConfig, name="transformer", dtype=None):
     """Builds the Transformer of "Attention Is All You Need" from a config.
+
+    Args:
+        config: the hyperparameters.
+        name: the model's name.
+        dtype: a Keras dtype policy for every layer, e.g. "mixed_bfloat16"
+            (float32 weights, bfloat16 compute; the softmax and the logits stay
+            float32). None uses the global policy.
 
     Inputs (a dict keyed by these names):
         encoder_tokens: int32 `(batch, source_length)`, source_length <=
@@ -38,6 +45,7 @@ def build_seq2seq(config: TransformerConfig, name="transformer"):
         dropout=config.dropout,
         positional=config.positional,
         norm_first=config.norm_first,
+        dtype=dtype,
     )
     encoder = Encoder(
         config.source_vocab_size, max_length=config.max_source_length, name="encoder", **shared

@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 bash training/setup_venv.sh
 for backend in ${KERASFORMER_BACKENDS:-tensorflow jax torch}; do
     echo "=== KERAS_BACKEND=$backend ==="
-    KERAS_BACKEND="$backend" .venv/bin/python -m pytest -q -p no:cacheprovider "$@" tests
+    KERAS_BACKEND="$backend" .venv/bin/python -m pytest -q -n 2 -p no:cacheprovider "$@" tests
 done

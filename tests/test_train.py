@@ -6,6 +6,7 @@ import json
 import os
 
 import keras
+import numpy as np
 import pytest
 
 import training.train as train_module
@@ -41,8 +42,23 @@ def test_run_folder_is_complete(tmp_path):
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["train"]["preset"] == "tiny" and saved["model"]["d_model"] == 32
     assert set(metrics["history"]) >= {"loss", "val_loss", "masked_accuracy", "perplexity"}
-    translations = Translator.from_run(str(tmp_path)).translate(["In the beginning.", "Jesus wept."])
+    translator = Translator.from_run(str(tmp_path))
+    translations = translator.translate(["In the beginning.", "Jesus wept."])
     assert len(translations) == 2 and all(isinstance(t, str) for t in translations)
+    source, target, weights = translator.cross_attention("Jesus wept.")
+    assert weights.shape == (4, len(target), len(source))  # tiny preset: 4 heads
+    np.testing.assert_allclose(weights.sum(-1), 1, atol=1e-5)
+    png = translator.plot_attention("Jesus wept.", str(tmp_path / "attention.png"))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", pytest.param("mixed_float16", marks=pytest.mark.slow)])
+def test_mixed_precision_trains_with_float32_loss(tmp_path, precision):
+    metrics = train(tiny_config(tmp_path, epochs=1, precision=precision, max_train_pairs=60))
+    model = keras.saving.load_model(str(tmp_path / "last.keras"))
+    assert model.get_layer("decoder").dtype_policy.name == precision
+    assert np.isfinite(metrics["history"]["loss"][0])
+    assert keras.mixed_precision.dtype_policy().name == "float32"  # the global policy is untouched
 
 
 class Interrupt(Exception):

@@ -89,8 +89,6 @@ def train(config: TrainConfig):
     started = time.monotonic()
     os.makedirs(config.run_dir, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
-    if config.precision != "float32":
-        keras.mixed_precision.set_dtype_policy(config.precision)
 
     train_pairs = read_corpus(config.corpus_file("train"), source_column=config.source_column,
                               target_column=config.target_column, skip_malformed=config.skip_malformed)
@@ -122,9 +120,12 @@ def train(config: TrainConfig):
 
     from kerasformer import build_seq2seq
 
-    model = build_seq2seq(model_config)
+    model = build_seq2seq(model_config, dtype=config.precision)
+    optimizer = paper_optimizer(model_config.d_model, config.warmup_steps)
+    if config.precision == "mixed_float16":  # float16 gradients underflow without loss scaling
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(
-        optimizer=paper_optimizer(model_config.d_model, config.warmup_steps),
+        optimizer=optimizer,
         loss=MaskedLabelSmoothedCrossEntropy(config.label_smoothing),
         metrics=[MaskedAccuracy(), Perplexity()],
         jit_compile=config.jit_compile,
