@@ -12,7 +12,6 @@ import os
 import tomllib
 
 from kerasformer.config import PRESETS, TransformerConfig
-from training.corpus_reader import read_corpus
 
 DEFAULT_CORPUS = os.path.join(os.path.dirname(__file__), "corpus", "en-es")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -67,15 +66,6 @@ class TrainConfig:
     def corpus_file(self, split):
         given = getattr(self, f"{split}_file")
         return given or os.path.join(DEFAULT_CORPUS, f"{split}.tsv.gz")
-
-    def read_split(self, split, path=None):
-        """Reads a split's pairs (or the file at `path`) with this run's column and skip settings."""
-        return read_corpus(
-            path or self.corpus_file(split),
-            source_column=self.source_column,
-            target_column=self.target_column,
-            skip_malformed=self.skip_malformed,
-        )
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -17,6 +17,7 @@ import time
 import sacrebleu
 
 from training.config import TrainConfig
+from training.corpus_reader import read_corpus
 from training.files import atomic_write
 from training.translator import Translator
 
@@ -25,7 +26,8 @@ def evaluate(run_dir, split="test", file=None, examples=5, checkpoint="best"):
     with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as handle:
         config = TrainConfig.from_dict(json.load(handle)["train"])
     path = file or config.corpus_file(split)
-    corpus = config.read_split(split, path)
+    corpus = read_corpus(path, source_column=config.source_column, target_column=config.target_column,
+                         skip_malformed=config.skip_malformed)
     translator = Translator.from_run(run_dir, checkpoint)
     started = time.monotonic()
     hypotheses = translator.translate(corpus.sources)

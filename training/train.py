@@ -27,9 +27,10 @@ import keras
 
 from training.callbacks import AtomicCheckpoint, Throughput, TimeBudget
 from training.config import TrainConfig, load_config_file
+from training.corpus_reader import read_corpus
 from training.files import atomic_write
 from training.loss import MaskedAccuracy, MaskedLabelSmoothedCrossEntropy, Perplexity
-from training.pipeline import count_batches_and_tokens, make_dataset
+from training.pipeline import count_tokens, make_dataset
 from training.schedule import paper_optimizer
 from training.tokenizers import load_tokenizer, save_tokenizer, train_sentencepiece
 
@@ -89,8 +90,10 @@ def train(config: TrainConfig):
     os.makedirs(config.run_dir, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
 
-    train_pairs = config.read_split("train")
-    validation_pairs = config.read_split("validation")
+    train_pairs = read_corpus(config.corpus_file("train"), source_column=config.source_column,
+                              target_column=config.target_column, skip_malformed=config.skip_malformed)
+    validation_pairs = read_corpus(config.corpus_file("validation"), source_column=config.source_column,
+                                   target_column=config.target_column, skip_malformed=config.skip_malformed)
     for corpus in (train_pairs, validation_pairs):
         if corpus.skipped:
             print(f"{corpus.path}: {corpus.skipped_summary()}", file=sys.stderr)
@@ -112,7 +115,8 @@ def train(config: TrainConfig):
                             batch_tokens=config.batch_tokens, shuffle=shuffle, seed=config.seed)
 
     train_data, validation_data = dataset(train_pairs, True), dataset(validation_pairs, False)
-    steps_per_epoch, tokens_per_epoch = count_batches_and_tokens(train_data)
+    tokens_per_epoch = count_tokens(train_data)
+    steps_per_epoch = sum(1 for _ in train_data)
 
     from kerasformer import build_seq2seq
 
