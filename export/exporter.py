@@ -6,7 +6,7 @@ translated text out, the whole greedy loop inside one graph.
 
 writes `saved_models/NAME/VERSION/`, the layout the model server watches:
 
-    saved_model.pb        the graph and its two signatures (below)
+    saved_model.pb        the graph and its three signatures (below)
     variables/            the trained weights
     assets/               source.model/.vocab, target.model/.vocab (SentencePiece)
     assets.extra/tf_serving_warmup_requests
@@ -23,12 +23,18 @@ Signatures (inputs with a default may be left out of a request):
     translate_tokens  tokens      int32 [batch, width]    source ids, 0-padded
                       max_length  as above
                    -> tokens, length as above
+    translate_beam    text, max_length as in serving_default
+                      beam_size   int32 scalar, default 4 hypotheses per sentence, 1..16
+                      alpha       float32 scalar,         length penalty ((5+|Y|)/6)^alpha
+                                  default 0.6
+                   -> translation, tokens, length as in serving_default
+                      score       float32 [batch]         log P(Y|X) / lp(Y) of each translation
 
 Sources longer than the encoder's max_length tokens are truncated (as in
 training). Tokenization and detokenization are the run's keras-hub
 SentencePiece tokenizers, i.e. tensorflow-text ops, which the stock model server
-links; the decoder loop is `kerasformer.decoding.greedy_decode` (a
-`tf.while_loop` with a key/value cache) traced without XLA, because the model
+links; the decoder loops are `kerasformer.decoding.greedy_decode` and
+`beam_search` (`tf.while_loop`s with a key/value cache) traced without XLA, because the model
 server disables XLA on CPU unless started with --xla_cpu_compilation_enabled.
 
 Export runs under the TensorFlow backend. Called under JAX or torch, it re-runs
@@ -51,7 +57,7 @@ import tempfile
 import keras
 
 DEFAULT_BASE_DIR = "saved_models"
-SIGNATURES = ("serving_default", "translate_tokens")
+SIGNATURES = ("serving_default", "translate_tokens", "translate_beam")
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 # Replayed by the model server at load time (one batch of mixed lengths).
 WARMUP_TEXTS = ("Hello.", "In the beginning, God created the heavens and the earth.", "")
@@ -158,7 +164,7 @@ def _fsync_tree(root, files=True):
 
 def write_warmup_requests(saved_model_dir, model_name, texts=WARMUP_TEXTS):
     """Writes `assets.extra/tf_serving_warmup_requests`: one PredictionLog per
-    signature, so the server runs both graphs once before it takes traffic."""
+    signature, so the server runs every graph once before it takes traffic."""
     import tensorflow as tf
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
@@ -167,6 +173,7 @@ def write_warmup_requests(saved_model_dir, model_name, texts=WARMUP_TEXTS):
     inputs = {
         "serving_default": {"text": tf.make_tensor_proto([t.encode("utf-8") for t in texts], dtype=tf.string)},
         "translate_tokens": {"tokens": tf.make_tensor_proto([[5, 6, 7], [8, 0, 0]], dtype=tf.int32)},
+        "translate_beam": {"text": tf.make_tensor_proto([t.encode("utf-8") for t in texts], dtype=tf.string)},
     }
     with tf.io.TFRecordWriter(path) as writer:
         for signature, tensors in inputs.items():

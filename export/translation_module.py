@@ -1,12 +1,19 @@
 """The `tf.Module` that becomes the SavedModel: tokenizer -> encoder -> cached
-greedy loop -> detokenizer, as two `tf.function` signatures (see `export.exporter`)."""
+greedy loop or beam search -> detokenizer, as three `tf.function` signatures
+(see `export.exporter`)."""
 
 import os
 
 import tensorflow as tf
 
-from kerasformer.decoding import greedy_decode
+from kerasformer.decoding import beam_search, greedy_decode
 from training.tokenizers import END_ID, PAD_ID, START_ID, load_tokenizer
+
+# The paper's beam search (section 6.1), the defaults of `translate_beam`.
+BEAM_SIZE, ALPHA = 4, 0.6
+# A request may ask for at most this many hypotheses per sentence (each one
+# costs a decoder row and a key/value cache).
+MAX_BEAM_SIZE = 16
 
 
 class TranslationModule(tf.Module):
@@ -51,23 +58,34 @@ class TranslationModule(tf.Module):
         def translate_tokens(tokens, max_length=tf.constant(default)):
             return self.decode(tokens, max_length)
 
+        @tf.function(input_signature=[
+            tf.TensorSpec([None], tf.string, name="text"), max_length_spec,
+            tf.TensorSpec([], tf.int32, name="beam_size"), tf.TensorSpec([], tf.float32, name="alpha"),
+        ])
+        def translate_beam(text, max_length=tf.constant(default), beam_size=tf.constant(BEAM_SIZE),
+                           alpha=tf.constant(ALPHA)):
+            return self.translate(text, max_length, (beam_size, alpha))
+
         self.serving_default = serving_default
         self.translate_tokens = translate_tokens
+        self.translate_beam = translate_beam
 
-    def translate(self, text, max_length):
-        """string `(batch,)` -> {translation, tokens, length}."""
+    def translate(self, text, max_length, beam=None):
+        """string `(batch,)` -> {translation, tokens, length} (+ score with `beam`)."""
         source = self.source_tokenizer(text)[:, : self.max_source_length]
         encoder_tokens = source.to_tensor(default_value=PAD_ID)
         if_all_empty = [[0, 0], [0, tf.maximum(1 - tf.shape(encoder_tokens)[1], 0)]]
         encoder_tokens = tf.pad(encoder_tokens, if_all_empty)  # at least one (pad) column
-        outputs = self.decode(encoder_tokens, max_length)
+        outputs = self.decode(encoder_tokens, max_length, beam)
         ids = tf.RaggedTensor.from_tensor(outputs["tokens"], lengths=outputs["length"])
         translation = self.target_tokenizer.detokenize(ids)
         return {"translation": tf.reshape(translation, [-1]), **outputs}
 
-    def decode(self, encoder_tokens, max_length):
+    def decode(self, encoder_tokens, max_length, beam=None):
         """int `(batch, source_length)` -> tokens int32 `(batch, width)` without
-        [END], 0-padded to the longest row, and length int32 `(batch,)`."""
+        [END], 0-padded to the longest row, and length int32 `(batch,)`; with
+        `beam=(beam_size, alpha)` beam search instead of greedy decoding, and
+        score float32 `(batch,)`, log P(Y | X) / lp(Y) of each translation."""
         encoder_tokens = tf.cast(encoder_tokens, tf.int32)[:, : self.max_source_length]
         vocab_size = self.model.get_layer("encoder").vocab_size
         checks = [
@@ -77,11 +95,22 @@ class TranslationModule(tf.Module):
         with tf.control_dependencies(checks):
             encoder_tokens = tf.identity(encoder_tokens)
         max_length = tf.clip_by_value(max_length, 1, self.max_target_length)
-        tokens = greedy_decode(self.model, encoder_tokens, START_ID, END_ID, max_length)
+        scores = {}
+        if beam is None:
+            tokens = greedy_decode(self.model, encoder_tokens, START_ID, END_ID, max_length)
+        else:
+            beam_size, alpha = beam
+            with tf.control_dependencies([
+                tf.debugging.assert_greater_equal(beam_size, 1, message="beam_size must be at least 1"),
+                tf.debugging.assert_less_equal(beam_size, MAX_BEAM_SIZE, message=f"beam_size must be at most {MAX_BEAM_SIZE}"),
+                tf.debugging.assert_greater_equal(alpha, 0.0, message="alpha must be >= 0"),
+            ]):
+                beam_size = tf.identity(beam_size)
+            tokens, scores["score"] = beam_search(self.model, encoder_tokens, START_ID, END_ID, max_length, beam_size, alpha)
         tokens = tf.where(tokens == END_ID, PAD_ID, tokens)  # after [END] every id is already 0
         length = tf.reduce_sum(tf.cast(tokens != PAD_ID, tf.int32), axis=1)
         width = tf.reduce_max(tf.concat([length, [0]], axis=0))
-        return {"tokens": tokens[:, :width], "length": length}
+        return {"tokens": tokens[:, :width], "length": length, **scores}
 
 
 def _exportable(tokenizer, side):

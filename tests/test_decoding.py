@@ -4,7 +4,9 @@ import pytest
 from conftest import numpy
 
 from kerasformer import build_seq2seq, preset
-from kerasformer.decoding import best_token, greedy_decode, greedy_decode_uncached
+from kerasformer.decoding import (
+    beam_search, best_token, greedy_decode, greedy_decode_uncached, length_penalty, sequence_score,
+)
 
 START, END, VOCAB = 1, 2, 13  # digits are ids 3..12
 
@@ -83,3 +85,63 @@ if keras.backend.backend() != "jax":
         tokens = numpy(greedy_decode(copy_model, source, START, END, max_length=30))
         last_end = max(list(row).index(END) for row in tokens)
         assert len(steps) == last_end + 1 < 30
+
+
+SOURCES = np.array([[3, 4, 5, 6, 7], [12, 11, 10, 0, 0], [5, 5, 9, 9, 0], [8, 3, 0, 0, 0]], "int32")
+
+
+def test_length_penalty_is_wu_et_al():
+    lengths = np.array([1, 4, 20])
+    np.testing.assert_allclose(numpy(length_penalty(lengths, 0.6)), ((5 + lengths) / 6) ** 0.6, rtol=1e-6)
+    np.testing.assert_allclose(numpy(length_penalty(lengths, 0.0)), 1.0)
+
+
+def test_beam_of_one_is_greedy(copy_model):
+    greedy = numpy(greedy_decode(copy_model, SOURCES, START, END, max_length=8))
+    tokens, scores = beam_search(copy_model, SOURCES, START, END, max_length=8, beam_size=1)
+    np.testing.assert_array_equal(numpy(tokens), greedy)
+    np.testing.assert_allclose(numpy(scores), numpy(sequence_score(copy_model, SOURCES, greedy, START)), rtol=1e-4)
+
+
+def test_beam_search_scores_are_those_of_its_tokens_and_at_least_greedys(copy_model):
+    greedy = numpy(greedy_decode(copy_model, SOURCES, START, END, max_length=8))
+    tokens, scores = beam_search(copy_model, SOURCES, START, END, max_length=8, beam_size=4, alpha=0.6)
+    tokens, scores = numpy(tokens), numpy(scores)
+    assert tokens.shape == (4, 8) and scores.shape == (4,)
+    np.testing.assert_allclose(scores, numpy(sequence_score(copy_model, SOURCES, tokens, START)), rtol=1e-4, atol=1e-5)
+    greedy_scores = numpy(sequence_score(copy_model, SOURCES, greedy, START))
+    assert np.all(scores >= greedy_scores - 1e-5), (scores, greedy_scores)
+    for row in tokens:  # the greedy layout: tokens, [END], then padding
+        end = list(row).index(END)
+        assert np.all(row[:end] != 0) and np.all(row[end + 1 :] == 0)
+
+
+def test_beam_search_finds_a_better_sequence_than_greedy_when_greedy_is_myopic():
+    """Greedy takes the likelier first token and is stuck with a poor ending;
+    beam search keeps the second first token, whose ending is sure."""
+    model = build_seq2seq(preset("tiny", source_vocab_size=VOCAB, target_vocab_size=VOCAB))
+    decoder = model.get_layer("decoder")
+    A, B, C = 3, 4, 5
+    # log-probabilities by previous token: after [START] A 0.6 / B 0.4; after A
+    # ten tokens at ~0.1 each; after B, [END] at ~1; after anything else, [END].
+    table = np.full((VOCAB, VOCAB), -20.0, "float32")
+    table[:, END] = 0.0
+    table[START, :] = -20.0
+    table[START, A], table[START, B] = np.log(0.6), np.log(0.4)
+    table[A, :] = np.log(0.1)
+    table[A, 0] = -20.0
+
+    def decode_step(token_ids, index, cache, cross_cache, mask=None):
+        return keras.ops.take(keras.ops.convert_to_tensor(table), token_ids[:, 0], axis=0), cache
+
+    decoder.decode_step = decode_step
+    source = np.array([[A, B]], "int32")
+    greedy = numpy(greedy_decode(model, source, START, END, max_length=4))
+    tokens, _ = beam_search(model, source, START, END, max_length=4, beam_size=2, alpha=0.0)
+    assert greedy[0, 0] == A
+    np.testing.assert_array_equal(numpy(tokens)[0], [B, END, 0, 0])
+
+
+def test_beam_size_must_fit_the_vocabulary(copy_model):
+    with pytest.raises(ValueError, match="beam_size=13 must be in"):
+        beam_search(copy_model, SOURCES, START, END, max_length=8, beam_size=13)

@@ -60,11 +60,14 @@ SOURCE_IDS = [[5, 6, 7, 8, 9, 10], [11, 12, 0, 0, 0, 0]]
 def session_answers(exported, tmp_path_factory):
     """The export run by export/session_check.py in a fresh process (TF +
     tensorflow-text only, TF1 session, SignatureDef tensor names): default
-    max_length, max_length=3, and the translate_tokens signature."""
+    max_length, max_length=3, the translate_tokens signature, and translate_beam
+    with its default beam (4) and with beam_size=1."""
     requests = [
         {"signature": "serving_default", "inputs": {"text": TEXTS}},
         {"signature": "serving_default", "inputs": {"text": TEXTS, "max_length": 3}},
         {"signature": "translate_tokens", "inputs": {"tokens": SOURCE_IDS}},
+        {"signature": "translate_beam", "inputs": {"text": TEXTS}},
+        {"signature": "translate_beam", "inputs": {"text": TEXTS, "beam_size": 1}},
     ]
     path = tmp_path_factory.mktemp("requests") / "requests.json"
     path.write_text(json.dumps(requests))
@@ -97,7 +100,8 @@ def test_warmup_file_holds_a_prediction_log_per_signature(exported):
 
     records = list(tf.data.TFRecordDataset(os.path.join(exported[0], WARMUP_FILE)).as_numpy_iterator())
     logs = [prediction_log_pb2.PredictionLog.FromString(r) for r in records]
-    assert [log.predict_log.request.model_spec.signature_name for log in logs] == ["serving_default", "translate_tokens"]
+    assert [log.predict_log.request.model_spec.signature_name for log in logs] == [
+        "serving_default", "translate_tokens", "translate_beam"]
     assert all(log.predict_log.request.model_spec.name == "tiny" for log in logs)
     assert len(logs[0].predict_log.request.inputs["text"].string_val) == 3
 
@@ -113,6 +117,11 @@ def test_signatures_and_the_max_length_default(exported):
     assert serving.outputs["tokens"].dtype == tf.int32.as_datatype_enum
     assert set(signatures["translate_tokens"].inputs) == {"tokens", "max_length"}
     assert tf.make_ndarray(serving.defaults["max_length"]) == 32  # the tiny decoder's max_length
+    beam = signatures["translate_beam"]
+    assert set(beam.inputs) == {"text", "max_length", "beam_size", "alpha"}
+    assert set(beam.outputs) == {"translation", "tokens", "length", "score"}
+    assert tf.make_ndarray(beam.defaults["beam_size"]) == 4  # the paper's beam search
+    assert abs(tf.make_ndarray(beam.defaults["alpha"]) - 0.6) < 1e-6
 
 
 def test_session_loader_answers_exactly_what_translate_answers(session_answers, translator):
@@ -143,6 +152,15 @@ def test_translate_tokens_signature_equals_in_process_decoding(session_answers, 
     assert answer["length"] == [len(ids) for ids in expected]
     for row, ids in zip(answer["tokens"], expected):
         assert row[: len(ids)] == ids
+
+
+def test_translate_beam_signature_equals_in_process_beam_search(session_answers, run_dir, translator):
+    beam = Translator.from_run(run_dir, beam_size=4, alpha=0.6)
+    default_beam, beam_of_one = session_answers["results"][3], session_answers["results"][4]
+    assert default_beam["translation"] == beam.translate(TEXTS)
+    assert default_beam["length"] == [len(ids) for ids in beam.translate_tokens(beam.encode(TEXTS))]
+    assert all(score <= 0 for score in default_beam["score"])  # log-probabilities / lp
+    assert beam_of_one["translation"] == translator.translate(TEXTS)  # beam 1 is greedy
 
 
 def test_graph_uses_only_ops_the_model_server_has(exported):
@@ -219,7 +237,7 @@ def predict(server, body, path=":predict"):
 @pytest.mark.backend_independent
 def test_rest_answers_equal_in_process_translate_in_both_formats(rest_server, translator):
     server, _ = rest_server
-    assert "2 warmup requests replayed" in server.log()  # as the model server does, before traffic
+    assert "3 warmup requests replayed" in server.log()  # as the model server does, before traffic
     expected = translator.translate(TEXTS)  # mixed lengths, and an empty string
     status, rows = predict(server, {"instances": TEXTS})
     assert status == 200, rows
@@ -244,6 +262,20 @@ def test_rest_max_length_and_overlong_input(rest_server, translator):
     assert answer["predictions"][0]["translation"] == translator.translate([long_text])[0]  # both truncate
     status, answer = predict(server, {"instances": [{"b64": "//4="}]})  # not UTF-8: a string is bytes
     assert status == 200
+
+
+@pytest.mark.backend_independent
+def test_rest_beam_search_and_a_bad_beam_size(rest_server, run_dir):
+    server, _ = rest_server
+    status, answer = predict(server, {"signature_name": "translate_beam", "inputs": {"text": TEXTS[:2], "beam_size": 2}})
+    assert status == 200, answer
+    beam = Translator.from_run(run_dir, beam_size=2)
+    assert answer["outputs"]["translation"] == beam.translate(TEXTS[:2])
+    for bad in (0, 17):
+        status, answer = predict(server, {"signature_name": "translate_beam", "inputs": {"text": ["Hi."], "beam_size": bad}})
+        assert status == 400 and "beam_size must be" in answer["error"], answer
+    status, answer = predict(server, {"signature_name": "translate_beam", "instances": ["Hello."]})
+    assert status == 200, answer  # the next request is served
 
 
 @pytest.mark.backend_independent

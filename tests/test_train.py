@@ -127,3 +127,6 @@ def test_chinese_to_english_trains_and_translates(tmp_path, marked):
     assert correct >= 6, translations
     scores, _ = evaluate(config.run_dir, split="test", examples=0)
     assert scores["bleu"] > 50
+    assert scores["beam"]["beam_size"] == 4 and scores["beam"]["bleu"] > 50  # the paper's beam search
+    for name in ("test.hyp.txt", "test.beam.hyp.txt"):
+        assert len((tmp_path / "run" / "eval" / name).read_text(encoding="utf-8").splitlines()) == len(ZH_EN) * 12

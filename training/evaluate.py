@@ -1,11 +1,15 @@
-"""Score a training run on a split with sacreBLEU (BLEU and chrF).
+"""Score a training run on a split with sacreBLEU (BLEU and chrF), for greedy
+decoding and for beam search.
 
     python -m training.evaluate RUN_DIR [--split test] [--file pairs.tsv] [--examples 5]
-        [--attention "sentence" --layer -1]
+        [--beam-size 4 --alpha 0.6] [--attention "sentence" --layer -1]
 
-Greedy-decodes every source sentence, writes `RUN_DIR/eval/<split>.hyp.txt`
-(one hypothesis per line) and `RUN_DIR/eval/<split>.scores.json` (scores with
-sacreBLEU's signatures), and prints a few examples. `--attention` also draws the
+Decodes every source sentence greedily and with beam search (the paper's beam
+4, length penalty 0.6; `--beam-size 1` skips it), writes
+`RUN_DIR/eval/<split>.hyp.txt` and `<split>.beam.hyp.txt` (one hypothesis per
+line) and `RUN_DIR/eval/<split>.scores.json` (scores with sacreBLEU's
+signatures; greedy at the top level, beam search under "beam"), and prints a
+few examples. `--attention` also draws the
 cross-attention of one decoder layer for a sentence (one panel per head).
 """
 
@@ -22,35 +26,46 @@ from training.files import atomic_write
 from training.translator import Translator
 
 
-def evaluate(run_dir, split="test", file=None, examples=5, checkpoint="best"):
+def evaluate(run_dir, split="test", file=None, examples=5, checkpoint="best", beam_size=4, alpha=0.6):
     with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as handle:
         config = TrainConfig.from_dict(json.load(handle)["train"])
     path = file or config.corpus_file(split)
     corpus = read_corpus(path, source_column=config.source_column, target_column=config.target_column,
                          skip_malformed=config.skip_malformed)
     translator = Translator.from_run(run_dir, checkpoint)
+    out = os.path.join(run_dir, "eval")
+    greedy, hypotheses = score(translator, corpus, os.path.join(out, f"{split}.hyp.txt"), "greedy")
+    scores = {"split": split, "file": path, "sentences": len(hypotheses), "checkpoint": checkpoint, **greedy}
+    if beam_size > 1:
+        beam = Translator(translator.model, translator.source_tokenizer, translator.target_tokenizer,
+                          beam_size=beam_size, alpha=alpha)
+        beam_scores, _ = score(beam, corpus, os.path.join(out, f"{split}.beam.hyp.txt"), f"beam search ({beam_size})")
+        scores["beam"] = {"beam_size": beam_size, "alpha": alpha, **beam_scores}
+    atomic_write(os.path.join(out, f"{split}.scores.json"), json.dumps(scores, indent=2, ensure_ascii=False).encode())
+    for source, reference, hypothesis in list(zip(corpus.sources, corpus.targets, hypotheses))[:examples]:
+        print(f"\nsource:     {source}\nreference:  {reference}\nhypothesis: {hypothesis}")
+    return scores, translator
+
+
+def score(translator, corpus, hypotheses_path, label):
+    """Decodes `corpus.sources` and writes the hypotheses; returns
+    `(BLEU/chrF scores dict, hypotheses)`."""
     started = time.monotonic()
     hypotheses = translator.translate(corpus.sources)
     seconds = time.monotonic() - started
-    bleu = sacrebleu.metrics.BLEU()
-    chrf = sacrebleu.metrics.CHRF()
+    bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
     bleu_score = bleu.corpus_score(hypotheses, [corpus.targets])
     chrf_score = chrf.corpus_score(hypotheses, [corpus.targets])
+    atomic_write(hypotheses_path, "".join(h + "\n" for h in hypotheses).encode("utf-8"))
+    print(f"{label}: {len(hypotheses)} sentences decoded in {seconds:.1f} s")
+    print(f"  BLEU = {bleu_score.score:.2f}  ({bleu.get_signature()})")
+    print(f"  chrF = {chrf_score.score:.2f}  ({chrf.get_signature()})")
     scores = {
-        "split": split, "file": path, "sentences": len(hypotheses), "checkpoint": checkpoint,
         "bleu": round(bleu_score.score, 2), "bleu_signature": str(bleu.get_signature()),
         "chrf": round(chrf_score.score, 2), "chrf_signature": str(chrf.get_signature()),
         "decode_seconds": round(seconds, 1),
     }
-    out = os.path.join(run_dir, "eval")
-    atomic_write(os.path.join(out, f"{split}.hyp.txt"), "".join(h + "\n" for h in hypotheses).encode("utf-8"))
-    atomic_write(os.path.join(out, f"{split}.scores.json"), json.dumps(scores, indent=2, ensure_ascii=False).encode())
-    print(f"{split}: {len(hypotheses)} sentences decoded in {seconds:.1f} s")
-    print(f"BLEU = {bleu_score.score:.2f}  ({bleu.get_signature()})")
-    print(f"chrF = {chrf_score.score:.2f}  ({chrf.get_signature()})")
-    for source, reference, hypothesis in list(zip(corpus.sources, corpus.targets, hypotheses))[:examples]:
-        print(f"\nsource:     {source}\nreference:  {reference}\nhypothesis: {hypothesis}")
-    return scores, translator
+    return scores, hypotheses
 
 
 def main(argv=None):
@@ -60,10 +75,13 @@ def main(argv=None):
     parser.add_argument("--file", help="score this TSV/CSV instead of the run's split")
     parser.add_argument("--checkpoint", default="best", choices=("best", "last"))
     parser.add_argument("--examples", type=int, default=5)
+    parser.add_argument("--beam-size", type=int, default=4, help="beam search's beam (1: greedy only)")
+    parser.add_argument("--alpha", type=float, default=0.6, help="beam search's length penalty exponent")
     parser.add_argument("--attention", help="a source sentence whose cross-attention to draw")
     parser.add_argument("--layer", type=int, default=-1, help="decoder layer for --attention")
     args = parser.parse_args(argv)
-    _, translator = evaluate(args.run_dir, args.split, args.file, args.examples, args.checkpoint)
+    _, translator = evaluate(args.run_dir, args.split, args.file, args.examples, args.checkpoint,
+                             args.beam_size, args.alpha)
     if args.attention:
         path = translator.plot_attention(args.attention, os.path.join(args.run_dir, "eval", "attention.png"), args.layer)
         print(f"\nattention: {path}")

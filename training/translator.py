@@ -1,7 +1,7 @@
 """Translate text with a trained run: `Translator.from_run("runs/en-es").translate([...])`.
 
-Tokenizes with the run's own SentencePiece models, decodes greedily with the
-cached loop of `kerasformer.decoding` (compiled with `tf.function` or `jax.jit`
+Tokenizes with the run's own SentencePiece models, decodes greedily or with
+beam search (`beam_size`) with the cached loops of `kerasformer.decoding` (compiled with `tf.function` or `jax.jit`
 when the backend allows it), and detokenizes. Also draws the cross-attention
 weights of one decoder layer, one panel per head, as the course notes do.
 """
@@ -12,15 +12,16 @@ import keras
 import numpy as np
 from keras import ops
 
-from kerasformer.decoding import greedy_decode
+from kerasformer.decoding import beam_search, greedy_decode
 from kerasformer.masks import padding_mask
 from training.tokenizers import END_ID, START_ID, load_tokenizer
 
 
-def compile_for_backend(function):
+def compile_for_backend(function, jit_compile=None):
     """`function(encoder_tokens)` compiled for the current backend when possible.
 
-    TensorFlow: `tf.function` (the while loop becomes a graph loop); JAX: `jax.jit`
+    TensorFlow: `tf.function` (the while loop becomes a graph loop), with XLA
+    when `jit_compile` (None: without); JAX: `jax.jit`
     (recompiled per source shape, so callers pad to few shapes); torch: eager
     without autograd bookkeeping.
     """
@@ -28,7 +29,7 @@ def compile_for_backend(function):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(function, reduce_retracing=True)
+        return tf.function(function, reduce_retracing=True, jit_compile=bool(jit_compile))
     if backend == "jax":
         import jax
 
@@ -67,18 +68,27 @@ class Translator:
         source_tokenizer, target_tokenizer: the run's keras-hub tokenizers.
         max_length: most target tokens per translation ([END] included).
         batch_size: sentences decoded together.
+        beam_size: 1 decodes greedily; more runs `kerasformer.decoding.beam_search`
+            (the paper: 4).
+        alpha: beam search's length penalty exponent (the paper: 0.6).
     """
 
-    def __init__(self, model, source_tokenizer, target_tokenizer, max_length=None, batch_size=64):
+    def __init__(self, model, source_tokenizer, target_tokenizer, max_length=None, batch_size=64,
+                 beam_size=1, alpha=0.6):
         self.model = model
         self.source_tokenizer = source_tokenizer
         self.target_tokenizer = target_tokenizer
         self.max_source_length = model.get_layer("encoder").max_length
         self.max_length = max_length or model.get_layer("decoder").max_length
         self.batch_size = batch_size
-        self._decode = compile_for_backend(
-            lambda encoder_tokens: greedy_decode(model, encoder_tokens, START_ID, END_ID, self.max_length)
-        )
+        self.beam_size, self.alpha = beam_size, alpha
+        if beam_size == 1:
+            search = lambda tokens: greedy_decode(model, tokens, START_ID, END_ID, self.max_length)  # noqa: E731
+        else:
+            search = lambda tokens: beam_search(  # noqa: E731
+                model, tokens, START_ID, END_ID, self.max_length, beam_size, alpha
+            )[0]
+        self._decode = compile_for_backend(search)
 
     @classmethod
     def from_run(cls, run_dir, checkpoint="best", **kwargs):
