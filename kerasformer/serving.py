@@ -7,7 +7,7 @@ Works with TensorFlow Serving and with its development stand-in `kerasformer-ser
 
 Command line (one translation per line; texts from the arguments, else from stdin lines):
 
-    kerasformer-translate --server http://127.0.0.1:8501 [--model NAME] [--max-length N] "text" ...
+    kerasformer-translate --server http://127.0.0.1:8501 [--model NAME] [--max-length N] [--beam-size 4] "text" ...
 """
 
 import argparse
@@ -92,8 +92,9 @@ class ServingClient:
             body["signature_name"] = signature_name
         return self._request(f"{self._model_url}:predict", body)
 
-    def translate(self, texts, max_length=None):
-        """Translates a list of strings; max_length (tokens) defaults to the model's own."""
+    def translate(self, texts, max_length=None, beam_size=None):
+        """Translates a list of strings; max_length (tokens) defaults to the model's own.
+        `beam_size` asks the `translate_beam` signature for beam search (default: greedy)."""
         if isinstance(texts, str):
             raise TypeError("texts must be a list of strings, got one str; wrap it: [text]")
         texts = list(texts)
@@ -102,7 +103,10 @@ class ServingClient:
         inputs = {"text": texts}
         if max_length is not None:
             inputs["max_length"] = int(max_length)
-        outputs = self.predict(inputs=inputs)["outputs"]
+        signature = None
+        if beam_size is not None:
+            inputs["beam_size"], signature = int(beam_size), "translate_beam"
+        outputs = self.predict(inputs=inputs, signature_name=signature)["outputs"]
         return outputs["translation"] if isinstance(outputs, dict) else outputs
 
 
@@ -115,6 +119,7 @@ def main(argv=None):
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default: {DEFAULT_MODEL})")
     parser.add_argument("--version", type=int, help="model version (default: the newest served)")
     parser.add_argument("--max-length", type=int, help="maximum output tokens (default: the model's)")
+    parser.add_argument("--beam-size", type=int, help="beam search with this beam (default: greedy)")
     parser.add_argument("--batch-size", type=int, default=64, help="texts per request when reading stdin")
     parser.add_argument("--timeout", type=float, default=60, help="seconds to wait for one answer")
     args = parser.parse_args(argv)
@@ -122,7 +127,7 @@ def main(argv=None):
     texts = args.texts or [line.rstrip("\r\n") for line in sys.stdin]
     try:
         for start in range(0, len(texts), args.batch_size):
-            for translation in client.translate(texts[start : start + args.batch_size], args.max_length):
+            for translation in client.translate(texts[start : start + args.batch_size], args.max_length, args.beam_size):
                 print(translation, flush=True)
     except ServingError as error:
         print(f"kerasformer-translate: error: {error}", file=sys.stderr)

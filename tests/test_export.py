@@ -271,6 +271,7 @@ def test_rest_beam_search_and_a_bad_beam_size(rest_server, run_dir):
     assert status == 200, answer
     beam = Translator.from_run(run_dir, beam_size=2)
     assert answer["outputs"]["translation"] == beam.translate(TEXTS[:2])
+    assert ServingClient(server.url, model="tiny").translate(TEXTS[:2], beam_size=2) == beam.translate(TEXTS[:2])
     for bad in (0, 17):
         status, answer = predict(server, {"signature_name": "translate_beam", "inputs": {"text": ["Hi."], "beam_size": bad}})
         assert status == 400 and "beam_size must be" in answer["error"], answer
