@@ -28,11 +28,12 @@ class DecoderBlock(keras.layers.Layer):
             `cross_attention_cache` holds its keys and values.
         decoder_padding_mask: bool `(batch, target_length)`.
         encoder_padding_mask: bool `(batch, source_length)`.
-        self_attention_cache: `(batch, 2, num_heads, max_target_length, d_k)`,
-            updated at `cache_update_index` (incremental decoding).
+        self_attention_cache: `(key, value)`, each `(batch, num_heads,
+            max_target_length, d_k)`, updated at `cache_update_index`
+            (incremental decoding).
         cache_update_index: position of `x`'s first token.
-        cross_attention_cache: `(batch, 2, num_heads, source_length, d_k)`, from
-            `cross_attention.compute_key_value(encoder_output)`.
+        cross_attention_cache: `(key, value)`, each `(batch, num_heads,
+            source_length, d_k)`, from `cross_attention.compute_key_value(encoder_output)`.
         return_attention_scores: also return the cross-attention weights
             `(batch, num_heads, target_length, source_length)`.
 
@@ -206,27 +207,36 @@ class Decoder(keras.layers.Layer):
     def logits(self, x):
         """The final linear transformation `(batch, length, d_model)` ->
         float32 `(batch, length, vocab_size)`."""
+        # Every position is a row of one 2-D matmul: XLA on CPU computes the
+        # kernel gradient of a 3-D x 2-D matmul more than 2x slower, and this
+        # is the model's largest matmul.
+        batch, length = ops.shape(x)[0], ops.shape(x)[1]
+        rows = ops.reshape(x, (-1, x.shape[-1]))
         if self.output_projection is not None:
-            logits = self.output_projection(x)
+            logits = self.output_projection(rows)
         else:
-            logits = ops.matmul(x, ops.transpose(ops.cast(self.embedding.embeddings, x.dtype)))
-        return ops.cast(logits, "float32")
+            logits = ops.matmul(rows, ops.transpose(ops.cast(self.embedding.embeddings, x.dtype)))
+        return ops.cast(ops.reshape(logits, (batch, length, self.vocab_size)), "float32")
 
     def compute_cross_attention_cache(self, encoder_output):
         """Every block's cross-attention keys and values, computed once per source.
 
         Returns:
-            `(batch, num_layers, 2, num_heads, source_length, d_k)`.
+            A tuple with one `(key, value)` pair per block, each `(batch,
+            num_heads, source_length, d_k)`. Kept apart, not stacked into one
+            tensor: a decoding step then reads them without slicing copies.
         """
-        return ops.stack(
-            [block.cross_attention.compute_key_value(encoder_output) for block in self.blocks], axis=1
-        )
+        return tuple(block.cross_attention.compute_key_value(encoder_output) for block in self.blocks)
 
     def empty_self_attention_cache(self, batch_size, max_length):
-        """Zeros `(batch, num_layers, 2, num_heads, max_length, d_k)` to decode into."""
+        """Zeros to decode into: a tuple with one `(key, value)` pair per block,
+        each `(batch, num_heads, max_length, d_k)`."""
         num_heads = self.blocks[0].num_heads
-        shape = (batch_size, self.num_layers, 2, num_heads, max_length, self.d_model // num_heads)
-        return ops.zeros(shape, dtype=self.compute_dtype)
+        shape = (batch_size, num_heads, max_length, self.d_model // num_heads)
+        return tuple(
+            (ops.zeros(shape, dtype=self.compute_dtype), ops.zeros(shape, dtype=self.compute_dtype))
+            for _ in self.blocks
+        )
 
     def decode_step(self, token_ids, index, self_attention_cache, cross_attention_cache, encoder_padding_mask=None):
         """One step of incremental decoding: the same blocks as `call`, fed one
@@ -245,18 +255,18 @@ class Decoder(keras.layers.Layer):
         """
         x = self.embedding(token_ids, start_index=index)
         updated = []
-        for i, block in enumerate(self.blocks):
-            x, layer_cache = block(
+        for block, block_cache, block_cross_cache in zip(self.blocks, self_attention_cache, cross_attention_cache):
+            x, block_cache = block(
                 x,
                 encoder_padding_mask=encoder_padding_mask,
-                self_attention_cache=self_attention_cache[:, i],
+                self_attention_cache=block_cache,
                 cache_update_index=index,
-                cross_attention_cache=cross_attention_cache[:, i],
+                cross_attention_cache=block_cross_cache,
             )
-            updated.append(layer_cache)
+            updated.append(tuple(block_cache))
         if self.final_norm is not None:
             x = self.final_norm(x)
-        return self.logits(x)[:, 0], ops.stack(updated, axis=1)
+        return self.logits(x)[:, 0], tuple(updated)
 
     def call(
         self,

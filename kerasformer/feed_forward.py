@@ -1,6 +1,7 @@
 """The position-wise feed-forward network (section 3.3)."""
 
 import keras
+from keras import ops
 
 
 @keras.saving.register_keras_serializable(package="kerasformer")
@@ -45,8 +46,13 @@ class FeedForward(keras.layers.Layer):
         self.output_dense.build(tuple(x_shape[:-1]) + (self.d_ff,))  # (.) W_2 + b_2
 
     def call(self, x, training=None):
-        hidden = self.inner_dropout(self.inner_dense(x), training=training)
-        return self.output_dense(hidden)
+        # Position-wise, so every position can be a row of one 2-D matmul: XLA
+        # on CPU computes the kernel gradients of 2-D matmuls about 1.5x faster
+        # than of the 3-D `(batch, length, d_model)` ones.
+        shape = ops.shape(x)
+        rows = ops.reshape(x, (-1, x.shape[-1]))
+        hidden = self.inner_dropout(self.inner_dense(rows), training=training)
+        return ops.reshape(self.output_dense(hidden), shape)
 
     def get_config(self):
         return {**super().get_config(), "d_ff": self.d_ff, "dropout": self.dropout}

@@ -1,9 +1,12 @@
+import keras
 import numpy as np
 import pytest
 import reference
 from conftest import layer_model, numpy, round_trip
+from keras import ops
 
 from kerasformer import MultiHeadAttention, scaled_dot_product_attention
+from kerasformer.attention import write_position
 
 BATCH, QUERY_LENGTH, KEY_LENGTH, D_MODEL, HEADS = 2, 5, 7, 16, 4
 
@@ -71,7 +74,8 @@ def test_incremental_decoding_with_cache_equals_full_causal_attention():
     x = random(BATCH, QUERY_LENGTH, D_MODEL)
     full = numpy(layer(x, x, use_causal_mask=True))
     max_length = QUERY_LENGTH + 3  # a cache longer than the sequence
-    cache = np.zeros((BATCH, 2, HEADS, max_length, D_MODEL // HEADS), "float32")
+    empty = np.zeros((BATCH, HEADS, max_length, D_MODEL // HEADS), "float32")
+    cache = (empty, empty)
     steps = []
     for t in range(QUERY_LENGTH):
         out, cache = layer(x[:, t : t + 1], x[:, t : t + 1], use_causal_mask=True, cache=cache, cache_update_index=t)
@@ -79,12 +83,25 @@ def test_incremental_decoding_with_cache_equals_full_causal_attention():
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
 
 
+@pytest.mark.parametrize("index", [0, 3, 7])
+def test_write_position_writes_one_position_of_every_row_and_head(index):
+    cache, update = random(BATCH, HEADS, 8, 4), random(BATCH, HEADS, 1, 4, seed=1)
+    expected = cache.copy()
+    expected[:, :, index] = update[:, :, 0]
+    np.testing.assert_array_equal(numpy(write_position(cache, index, update)), expected)
+
+
+def test_write_position_refuses_more_than_one_position():
+    with pytest.raises(ValueError, match="one position per step, got 2"):
+        write_position(random(BATCH, HEADS, 8, 4), 0, random(BATCH, HEADS, 2, 4))
+
+
 def test_precomputed_cross_attention_keys_values_equal_recomputing_them():
     layer = MultiHeadAttention(num_heads=HEADS)
     query, value = random(BATCH, QUERY_LENGTH, D_MODEL), random(BATCH, KEY_LENGTH, D_MODEL, seed=1)
     direct = numpy(layer(query, value, key_padding_mask=key_padding()))
     cache = layer.compute_key_value(value)
-    assert tuple(cache.shape) == (BATCH, 2, HEADS, KEY_LENGTH, D_MODEL // HEADS)
+    assert [tuple(part.shape) for part in cache] == [(BATCH, HEADS, KEY_LENGTH, D_MODEL // HEADS)] * 2
     cached = numpy(layer(query, None, key_padding_mask=key_padding(), cache=cache))
     np.testing.assert_allclose(cached, direct, atol=1e-6)
 
@@ -110,3 +127,45 @@ def test_round_trip(tmp_path):
 def test_d_model_not_divisible_by_heads_is_refused():
     with pytest.raises(ValueError, match="d_model=10 is not divisible by num_heads=4"):
         MultiHeadAttention(num_heads=4)(random(1, 3, 10), random(1, 3, 10))
+
+
+def tensor(*shape, seed=0):
+    """A backend tensor: passing the same one as query and value makes it self-attention."""
+    return ops.convert_to_tensor(random(*shape, seed=seed))
+
+
+@pytest.mark.parametrize("attention", ["self", "cross", "separate key"])
+def test_fused_projections_equal_the_separate_dense_layers(attention):
+    layer = MultiHeadAttention(num_heads=HEADS)
+    query = tensor(BATCH, QUERY_LENGTH, D_MODEL)
+    value = query if attention == "self" else tensor(BATCH, KEY_LENGTH, D_MODEL, seed=1)
+    key = tensor(BATCH, KEY_LENGTH, D_MODEL, seed=2) if attention == "separate key" else None
+    layer(query, value, key)
+    fused = layer.project_query_key_value(query, value, key)
+    plain = (layer.split_heads(layer.query_dense(query)), *layer.compute_key_value(value, key))
+    for fused_heads, plain_heads in zip(fused, plain):
+        assert tuple(fused_heads.shape) == tuple(plain_heads.shape)
+        np.testing.assert_allclose(numpy(fused_heads), numpy(plain_heads), atol=1e-5)
+
+
+def test_self_attention_through_the_fused_projection_matches_reference():
+    layer = MultiHeadAttention(num_heads=HEADS)
+    x = tensor(BATCH, KEY_LENGTH, D_MODEL)
+    out = layer(x, x, key_padding_mask=key_padding(), use_causal_mask=True)
+    mask = key_padding()[:, None, :] & reference.causal(KEY_LENGTH)
+    ref_out, _ = reference.multi_head_attention(layer, numpy(x), numpy(x), mask)
+    np.testing.assert_allclose(numpy(out), ref_out, atol=1e-5)
+
+
+def test_fused_projections_under_mixed_precision_equal_the_separate_dense_layers():
+    layer = MultiHeadAttention(num_heads=HEADS, dtype="mixed_bfloat16")
+    x = ops.cast(tensor(BATCH, QUERY_LENGTH, D_MODEL), "bfloat16")
+    out = layer(x, x)
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    fused = layer.project_query_key_value(x, x)
+    plain = (layer.split_heads(layer.query_dense(x)), *layer.compute_key_value(x))
+    for fused_heads, plain_heads in zip(fused, plain):
+        assert keras.backend.standardize_dtype(fused_heads.dtype) == "bfloat16"
+        np.testing.assert_allclose(
+            numpy(ops.cast(fused_heads, "float32")), numpy(ops.cast(plain_heads, "float32")), atol=0.05
+        )

@@ -40,7 +40,7 @@ def test_decoder_block_incremental_with_caches_equals_full_pass():
     x, encoder_output = random(2, 5, 16), random(2, 7, 16, seed=1)
     full = numpy(block(x, encoder_output, encoder_padding_mask=ENCODER_PADDING))
     cross_cache = block.cross_attention.compute_key_value(encoder_output)
-    self_cache = np.zeros((2, 2, 4, 8, 4), "float32")
+    self_cache = (np.zeros((2, 4, 8, 4), "float32"), np.zeros((2, 4, 8, 4), "float32"))
     steps = []
     for t in range(5):
         out, self_cache = block(
@@ -67,6 +67,23 @@ def test_decoder_is_embedding_blocks_and_final_linear(tie_embeddings):
         x = reference.decoder_block(x, encoder_output, block, tokens != 0, ENCODER_PADDING)
     expected = x @ table.T if tie_embeddings else reference.linear(x, decoder.output_projection)
     np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_decode_steps_with_caches_give_the_logits_of_the_full_pass(norm_first):
+    decoder = Decoder(vocab_size=30, num_layers=2, d_model=16, num_heads=4, d_ff=32, max_length=12, norm_first=norm_first)
+    tokens = random_tokens(np.random.default_rng(0), 2, 5, 30)
+    encoder_output = random(2, 7, 16, seed=1)
+    full = numpy(decoder(tokens, encoder_output, ENCODER_PADDING))
+    cross_cache = decoder.compute_cross_attention_cache(encoder_output)
+    cache = decoder.empty_self_attention_cache(2, 12)
+    # One (key, value) pair per block, batch first (beam search gathers rows of every leaf).
+    assert [[tuple(part.shape) for part in pair] for pair in cache] == [[(2, 4, 12, 4)] * 2] * 2
+    steps = []
+    for t in range(5):
+        logits, cache = decoder.decode_step(tokens[:, t : t + 1], t, cache, cross_cache, ENCODER_PADDING)
+        steps.append(numpy(logits))
+    np.testing.assert_allclose(np.stack(steps, 1), full, atol=1e-4)
 
 
 def test_tied_decoder_has_no_separate_projection_weights():

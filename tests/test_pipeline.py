@@ -65,3 +65,21 @@ def test_shuffling_is_seeded(tokenizers):
     first = [b[1].tolist() for b in batches(tokenizers, shuffle=True, seed=3)]
     again = [b[1].tolist() for b in batches(tokenizers, shuffle=True, seed=3)]
     assert first == again
+
+
+
+def real_label_rows(batch_list):
+    """Each non-empty label row with its padding stripped, sorted."""
+    return sorted(tuple(row[row > 0]) for _, labels in batch_list for row in labels if row.any())
+
+
+def test_batches_split_evenly_over_replicas(tokenizers):
+    # Training: batch sizes rounded down to a multiple of 4, no padding rows.
+    training = batches(tokenizers, shuffle=True, seed=3, batch_multiple=4)
+    assert all(len(labels) % 4 == 0 and np.all(labels.any(axis=1)) for _, labels in training)
+    # Evaluation: every pair kept; a partial batch is filled up with rows of padding only.
+    evaluation = batches(tokenizers, batch_multiple=4)
+    assert all(len(labels) % 4 == 0 for _, labels in evaluation)
+    assert real_label_rows(evaluation) == real_label_rows(batches(tokenizers))
+    padding_rows = [inputs["encoder_tokens"][~labels.any(axis=1)] for inputs, labels in evaluation]
+    assert sum(map(len, padding_rows)) > 0 and not any(rows.any() for rows in padding_rows)

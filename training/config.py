@@ -11,7 +11,10 @@ import dataclasses
 import os
 import tomllib
 
+import keras
+
 from kerasformer.config import PRESETS, TransformerConfig
+from training.distribute import check_distribution
 
 DEFAULT_CORPUS = os.path.join(os.path.dirname(__file__), "corpus", "en-es")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -41,6 +44,8 @@ class TrainConfig:
     backup_every_steps: int = 0  # 0 = back up at epoch ends only
     precision: str = "float32"
     jit_compile: bool = False
+    # "data_parallel": every GPU of the host shares each batch (see training/distribute.py).
+    distribution: str = "none"
     seed: int = 0
 
     def __post_init__(self):
@@ -51,6 +56,7 @@ class TrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r} must be one of {PRECISIONS}")
+        check_distribution(self.distribution, keras.backend.backend(), self.jit_compile)
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing={self.label_smoothing!r} must be in [0, 1)")
         self.model_config(8000, 8000)  # refuse bad model overrides before any work

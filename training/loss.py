@@ -67,6 +67,35 @@ def token_weights(labels, sample_weight=None):
     return weights * sample_weight
 
 
+def replica_token_share(weights):
+    """R * (this replica's token weight) / (all replicas' token weight) inside a
+    `tf.distribute` strategy with R > 1 replicas; 1 everywhere else.
+
+    Under a strategy Keras averages each replica's loss over that replica's own
+    tokens, divides it by R and sums the replicas' gradients: a mean of the
+    replicas' means. Scaled by this share, replica r's loss becomes
+    sum_r(w * CE) / sum_all(w), and the summed gradient is that of the token mean
+    over the whole global batch, as one device computes it, even when the
+    replicas' slices hold different numbers of real tokens. (JAX's DataParallel
+    computes the global batch as one program and needs no correction.)
+
+    Args:
+        weights: float32 `(batch, target_length)` token weights of this replica.
+
+    Returns:
+        A float32 scalar; no gradient flows through it (weights come from labels).
+    """
+    if keras.backend.backend() != "tensorflow":
+        return 1.0
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return 1.0
+    local = ops.sum(weights)
+    return ops.divide_no_nan(context.num_replicas_in_sync * local, context.all_reduce("sum", local))
+
+
 @keras.saving.register_keras_serializable(package="kerasformer")
 class MaskedLabelSmoothedCrossEntropy(keras.losses.Loss):
     """Label-smoothed cross-entropy, averaged over the non-padding tokens of a batch.
@@ -108,12 +137,14 @@ class MaskedLabelSmoothedCrossEntropy(keras.losses.Loss):
         # This reduction divides by the sum of the weights, not by the number of
         # positions: padding (weight 0) then adds neither to the sum nor to the
         # count. Going through Keras's reduction, rather than around it, keeps
-        # its Keras-mask handling and its loss scaling under tf.distribute.
+        # its Keras-mask handling; `replica_token_share` corrects its per-replica
+        # mean under tf.distribute.
         super().__init__(name=name, reduction="mean_with_sample_weight", dtype="float32")
         self.label_smoothing = label_smoothing
 
     def __call__(self, y_true, y_pred, sample_weight=None):
-        return super().__call__(y_true, y_pred, sample_weight=token_weights(y_true, sample_weight))
+        weights = token_weights(y_true, sample_weight)
+        return super().__call__(y_true, y_pred, sample_weight=weights) * replica_token_share(weights)
 
     def call(self, y_true, y_pred):
         """Per-token losses `(batch, target_length)`; `__call__` weights and averages them."""

@@ -47,6 +47,7 @@ def make_dataset(
     batch_tokens=4096,
     shuffle=True,
     seed=0,
+    batch_multiple=1,
 ):
     """Builds the training or evaluation dataset.
 
@@ -61,6 +62,11 @@ def make_dataset(
             shape and a compiled train step is traced once per bucket (pairs
             dropped in one epoch come back in another shuffle).
         seed: shuffle seed, so a run's data order is reproducible.
+        batch_multiple: every batch's size is a multiple of this (the number
+            of data-parallel replicas, which each take an equal slice of a
+            batch): training batch sizes are rounded down to it; a partial
+            evaluation batch is filled up with rows of padding only, which add
+            nothing to the token-mean loss and metrics.
 
     Yields:
         `({"encoder_tokens": (batch, source_length), "decoder_tokens": (batch,
@@ -73,7 +79,10 @@ def make_dataset(
         dataset = dataset.shuffle(len(sources), seed=seed, reshuffle_each_iteration=True)
     longest = max(max_source_length, max_target_length)
     boundaries = bucket_boundaries(longest)
-    batch_sizes = [max(1, batch_tokens // (boundary - 1)) for boundary in boundaries]
+    batch_sizes = [
+        max(batch_multiple, batch_tokens // (boundary - 1) // batch_multiple * batch_multiple)
+        for boundary in boundaries
+    ]
     batch_sizes.append(batch_sizes[-1])  # the bucket past the last boundary stays empty
     dataset = dataset.bucket_by_sequence_length(
         element_length_func=lambda source, decoder, labels: tf.maximum(tf.shape(source)[0], tf.shape(decoder)[0]),
@@ -84,6 +93,9 @@ def make_dataset(
     )
 
     def to_model_inputs(source, decoder, labels):
+        if batch_multiple > 1:
+            missing_rows = -tf.shape(source)[0] % batch_multiple
+            source, decoder, labels = (tf.pad(x, [[0, missing_rows], [0, 0]]) for x in (source, decoder, labels))
         # A bucket boundary can exceed one side's maximum; what lies beyond it is padding.
         return (
             {"encoder_tokens": source[:, :max_source_length], "decoder_tokens": decoder[:, :max_target_length]},

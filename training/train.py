@@ -28,6 +28,7 @@ import keras
 from training.callbacks import AtomicCheckpoint, Throughput, TimeBudget
 from training.config import TrainConfig, load_config_file
 from training.corpus_reader import read_corpus
+from training.distribute import data_parallel
 from training.files import atomic_write
 from training.loss import MaskedAccuracy, MaskedLabelSmoothedCrossEntropy, Perplexity
 from training.pipeline import count_tokens, make_dataset
@@ -84,6 +85,30 @@ def plot_curves(history, path):
     os.replace(path + ".tmp.png", path)
 
 
+def compile_model(config: TrainConfig, model_config):
+    """The Transformer of `model_config`, compiled with the paper's loss, optimizer
+    and schedule under the config's precision and `jit_compile`.
+
+    Mixed precision: float32 weights, bfloat16/float16 compute, softmax, logits
+    and loss in float32; float16 also gets loss scaling, since its small
+    gradients underflow to zero otherwise. `jit_compile` is XLA under TensorFlow,
+    `jax.jit` under JAX (False runs JAX op by op) and `torch.compile` under torch.
+    """
+    from kerasformer import build_seq2seq
+
+    model = build_seq2seq(model_config, dtype=config.precision)
+    optimizer = paper_optimizer(model_config.d_model, config.warmup_steps)
+    if config.precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model.compile(
+        optimizer=optimizer,
+        loss=MaskedLabelSmoothedCrossEntropy(config.label_smoothing),
+        metrics=[MaskedAccuracy(), Perplexity()],
+        jit_compile=config.jit_compile,
+    )
+    return model
+
+
 def train(config: TrainConfig):
     """Runs (or resumes) training; returns the metrics dict written to metrics.json."""
     started = time.monotonic()
@@ -109,27 +134,18 @@ def train(config: TrainConfig):
                     "backend": keras.backend.backend()}, indent=2).encode(),
     )
 
+    devices_scope, replicas = data_parallel(config.distribution)  # one device, or all of them
+
     def dataset(pairs, shuffle):
         return make_dataset(pairs.sources, pairs.targets, source_tokenizer, target_tokenizer,
                             model_config.max_source_length, model_config.max_target_length,
-                            batch_tokens=config.batch_tokens, shuffle=shuffle, seed=config.seed)
+                            batch_tokens=config.batch_tokens, shuffle=shuffle, seed=config.seed,
+                            batch_multiple=replicas)
 
     train_data, validation_data = dataset(train_pairs, True), dataset(validation_pairs, False)
     tokens_per_epoch = count_tokens(train_data)
     steps_per_epoch = sum(1 for _ in train_data)
 
-    from kerasformer import build_seq2seq
-
-    model = build_seq2seq(model_config, dtype=config.precision)
-    optimizer = paper_optimizer(model_config.d_model, config.warmup_steps)
-    if config.precision == "mixed_float16":  # float16 gradients underflow without loss scaling
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    model.compile(
-        optimizer=optimizer,
-        loss=MaskedLabelSmoothedCrossEntropy(config.label_smoothing),
-        metrics=[MaskedAccuracy(), Perplexity()],
-        jit_compile=config.jit_compile,
-    )
     throughput, budget = Throughput(), None
     callbacks = [
         keras.callbacks.BackupAndRestore(
@@ -148,9 +164,11 @@ def train(config: TrainConfig):
         budget = TimeBudget(config.time_budget_minutes)
         callbacks.append(budget)
     print(f"train: {len(train_pairs)} pairs, {tokens_per_epoch} target tokens, {steps_per_epoch} steps per epoch;"
-          f" validation: {len(validation_pairs)} pairs; backend {keras.backend.backend()}")
-    history = model.fit(train_data, validation_data=validation_data, epochs=config.epochs,
-                        callbacks=callbacks, verbose=2)
+          f" validation: {len(validation_pairs)} pairs; backend {keras.backend.backend()}, {replicas} device(s)")
+    with devices_scope:
+        model = compile_model(config, model_config)
+        history = model.fit(train_data, validation_data=validation_data, epochs=config.epochs,
+                            callbacks=callbacks, verbose=2)
 
     tokens_trained = tokens_per_epoch * throughput.steps / max(steps_per_epoch, 1)
     metrics = {
@@ -162,6 +180,7 @@ def train(config: TrainConfig):
         "train_tokens_per_second": round(tokens_trained / throughput.seconds, 1) if throughput.seconds else None,
         "wall_seconds": round(time.monotonic() - started, 1),
         "parameters": model.count_params(),
+        "devices": replicas,
         "backend": keras.backend.backend(),
     }
     atomic_write(os.path.join(config.run_dir, "metrics.json"), json.dumps(metrics, indent=2).encode())

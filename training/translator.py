@@ -17,19 +17,23 @@ from kerasformer.masks import padding_mask
 from training.tokenizers import END_ID, START_ID, load_tokenizer
 
 
-def compile_for_backend(function, jit_compile=None):
+def compile_for_backend(function, jit_compile=True):
     """`function(encoder_tokens)` compiled for the current backend when possible.
 
-    TensorFlow: `tf.function` (the while loop becomes a graph loop), with XLA
-    when `jit_compile` (None: without); JAX: `jax.jit`
-    (recompiled per source shape, so callers pad to few shapes); torch: eager
-    without autograd bookkeeping.
+    TensorFlow: `tf.function` (the while loop becomes a graph loop), compiled
+    with XLA when `jit_compile`: on CPU the cached loop then runs several times
+    faster (benchmarks/decode_speed.py), for a compilation of a few seconds per
+    new input shape (a plain `tf.function` retraces per shape too). The export
+    runs the same loop without XLA, which TensorFlow Serving disables on CPU by
+    default: the two agree up to float rounding, so a near-tie between two
+    tokens may break differently. JAX: `jax.jit` (recompiled per source shape,
+    so callers pad to few shapes); torch: eager without autograd bookkeeping.
     """
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(function, reduce_retracing=True, jit_compile=bool(jit_compile))
+        return tf.function(function, reduce_retracing=True, jit_compile=jit_compile)
     if backend == "jax":
         import jax
 

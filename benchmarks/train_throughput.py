@@ -1,0 +1,305 @@
+"""Training-step throughput (target tokens/s): our model vs the keras.io example's
+model vs a model assembled from keras-hub's layers, same process, same batch.
+
+    KERAS_BACKEND=jax python benchmarks/train_throughput.py [--presets small,base] [--jit off,on]
+    python benchmarks/train_throughput.py --backends tensorflow,jax,torch [--quick]
+
+The three models (`kerasformer.build_seq2seq`,
+`benchmarks.alternatives.keras_io_example.build_keras_io_seq2seq`,
+`benchmarks.alternatives.keras_hub_layers.build_keras_hub_seq2seq`) are built
+from the same preset (d_model, num_heads, d_ff, num_layers, vocabularies) and
+compiled the same way: our loss (`MaskedLabelSmoothedCrossEntropy(0.1)`), the
+paper's optimizer (`paper_optimizer(d_model)`), no metrics, the given
+`jit_compile`. So only the model differs. Each is fed the same fixed batch
+(random token ids, rows of random length padded with 0) through
+`model.train_on_batch`, which runs one compiled train step (forward, loss,
+backward, Adam update) and returns the loss to the host.
+
+Timing: `--warmup` steps per model first (tracing, XLA / torch.compile; the
+first step's time is reported as "first step"), then `--rounds` rounds that time
+`--steps` steps of each model in turn, so drift in the machine's load hits all
+three alike. A model's figure is its fastest round's time per step: other
+processes on the machine only ever add time, so the fastest round is the best
+estimate of the model's own cost (the medians are in the .json file). Target
+tokens/s counts the non-padding labels of the batch. The ratio is ours / the
+faster alternative. Timings only; never a test.
+
+`--ours-without-dropout` adds our model with dropout 0, the setting of the
+keras.io example's blocks. A model a backend cannot run is reported as "not
+supported: <error>"; `--skip torch:base:on,...` leaves cells out, reported as
+not run. Under torch, jit_compile=True means `torch.compile` of the train step.
+
+`--backends` runs this script once per backend in a subprocess and writes one
+merged table to `benchmarks/results/train_throughput.{json,md}`; a run for the
+current backend alone writes `train_throughput_<backend>`.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+MODELS = ("ours", "keras.io example", "keras-hub layers")
+ALTERNATIVES = MODELS[1:]
+# keras.io's blocks have no dropout; this extra column is ours with the same.
+OURS_WITHOUT_DROPOUT = "ours, dropout 0"
+START_ID = 2
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backends", help="comma-separated; runs each in a subprocess and merges")
+    parser.add_argument("--presets", default="small,base")
+    parser.add_argument("--jit", default="off,on", help="jit_compile settings: off, on or off,on")
+    parser.add_argument("--batch-small", type=int, default=32, help="sentences per batch for small")
+    parser.add_argument("--batch-base", type=int, default=8, help="sentences per batch for base")
+    parser.add_argument("--length", type=int, default=32, help="padded source and target length")
+    parser.add_argument("--vocab", type=int, default=8000, help="source and target vocabulary size")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per model per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="small only, 1 warm-up step, 2 rounds of 2 steps")
+    parser.add_argument("--ours-without-dropout", action="store_true",
+                        help=f"also time our model with dropout 0 (column '{OURS_WITHOUT_DROPOUT}')")
+    parser.add_argument("--skip", default="", metavar="BACKEND:PRESET:JIT,...",
+                        help="cells to leave out, reported as not run, e.g. torch:base:on")
+    parser.add_argument("--json-out", help=argparse.SUPPRESS)  # a subprocess's rows, for --backends
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.presets, args.warmup, args.steps, args.rounds = "small", 1, 2, 2
+    return args
+
+
+def fixed_batch(batch, length, vocab_size, seed=0):
+    """`(inputs, labels, target_tokens)`: random ids, each row padded from a random length.
+
+    Lengths are drawn from [length / 2, length], so masks matter; decoder input
+    is [START] + target[:-1], labels are the target, 0 at padding.
+    """
+    rng = np.random.default_rng(seed)
+
+    def rows(first_id):
+        tokens = rng.integers(first_id, vocab_size, size=(batch, length)).astype("int32")
+        for row, size in enumerate(rng.integers(length // 2, length + 1, size=batch)):
+            tokens[row, size:] = 0
+        return tokens
+
+    encoder_tokens, labels = rows(3), rows(3)
+    decoder_tokens = np.concatenate([np.full((batch, 1), START_ID, "int32"), labels[:, :-1]], axis=1)
+    decoder_tokens[labels == 0] = 0
+    inputs = {"encoder_tokens": encoder_tokens, "decoder_tokens": decoder_tokens}
+    return inputs, labels, int((labels != 0).sum())
+
+
+def build(name, config):
+    if name in ("ours", OURS_WITHOUT_DROPOUT):
+        from kerasformer import build_seq2seq
+
+        return build_seq2seq(config if name == "ours" else config.replace(dropout=0.0))
+    if name == "keras.io example":
+        from benchmarks.alternatives.keras_io_example import build_keras_io_seq2seq
+
+        return build_keras_io_seq2seq(config)
+    from benchmarks.alternatives.keras_hub_layers import build_keras_hub_seq2seq
+
+    return build_keras_hub_seq2seq(config)
+
+
+def compiled(name, config, jit_compile):
+    import keras
+
+    from training.loss import MaskedLabelSmoothedCrossEntropy
+    from training.schedule import paper_optimizer
+
+    keras.utils.set_random_seed(0)
+    model = build(name, config)
+    model.compile(
+        optimizer=paper_optimizer(config.d_model),
+        loss=MaskedLabelSmoothedCrossEntropy(0.1),
+        jit_compile=jit_compile,
+    )
+    return model
+
+
+def short_reason(error):
+    text = f"{type(error).__name__}: {error}".splitlines()[0]
+    return text[:160]
+
+
+def measure(preset_name, jit_compile, args):
+    """One (preset, jit_compile) cell for the current backend: a dict per model."""
+    import keras
+
+    from kerasformer import preset
+
+    keras.backend.clear_session()  # the last cell's models and traced functions
+    config = preset(preset_name, source_vocab_size=args.vocab, target_vocab_size=args.vocab)
+    batch = args.batch_small if preset_name == "small" else args.batch_base
+    inputs, labels, target_tokens = fixed_batch(batch, args.length, args.vocab)
+    results, models = {}, {}
+    for name in model_names(args):
+        result = results[name] = {"parameters": None, "first_step_s": None, "step_s": [], "error": None}
+        try:
+            model = compiled(name, config, jit_compile)
+            result["parameters"] = model.count_params()
+            for step in range(args.warmup):
+                started = time.perf_counter()
+                model.train_on_batch(inputs, labels)
+                if step == 0:
+                    result["first_step_s"] = time.perf_counter() - started
+            models[name] = model
+        except Exception as error:  # a configuration the backend cannot run: reported, not fatal
+            result["error"] = short_reason(error)
+            traceback.print_exc()
+    for _ in range(args.rounds):
+        for name, model in models.items():
+            started = time.perf_counter()
+            for _ in range(args.steps):
+                model.train_on_batch(inputs, labels)
+            results[name]["step_s"].append((time.perf_counter() - started) / args.steps)
+    for result in results.values():
+        if result["step_s"]:
+            result["best_step_s"] = min(result["step_s"])
+            result["median_step_s"] = statistics.median(result["step_s"])
+            result["tokens_per_s"] = target_tokens / result["best_step_s"]
+    return {"batch": batch, "length": args.length, "target_tokens": target_tokens, "models": results}
+
+
+def model_names(args):
+    return MODELS + ((OURS_WITHOUT_DROPOUT,) if args.ours_without_dropout else ())
+
+
+def run_backend(args):
+    import keras
+
+    backend = keras.backend.backend()
+    cells = []
+    for preset_name in args.presets.split(","):
+        for jit in args.jit.split(","):
+            jit_compile = {"off": False, "on": True}[jit]
+            if f"{backend}:{preset_name}:{jit}" in args.skip.split(","):
+                cells.append({"backend": backend, "preset": preset_name, "jit_compile": jit_compile,
+                              "batch": None, "length": args.length, "target_tokens": None, "skipped": True,
+                              "models": {name: {"parameters": None, "first_step_s": None, "step_s": [],
+                                                "error": None} for name in model_names(args)}})
+                continue
+            print(f"[{backend}] {preset_name}, jit_compile={jit_compile} ...", file=sys.stderr, flush=True)
+            cells.append({"backend": backend, "preset": preset_name, "jit_compile": jit_compile,
+                          **measure(preset_name, jit_compile, args)})
+    return cells
+
+
+def cell_text(result):
+    if not result["step_s"] and not result["error"]:
+        return "not run (--skip)"
+    if result["error"]:
+        return f"not supported: {result['error']}"
+    return f"{result['tokens_per_s']:,.0f} ({1000 * result['best_step_s']:.0f} ms)"
+
+
+def ratio(models, name):
+    """`name`'s tokens/s over the faster alternative's, as text."""
+    alternatives = [models[other].get("tokens_per_s") for other in ALTERNATIVES]
+    alternatives = [value for value in alternatives if value]
+    ours = models.get(name, {}).get("tokens_per_s")
+    return f"{ours / max(alternatives):.2f}" if ours and alternatives else "n/a"
+
+
+def table_rows(cells, names):
+    rows = []
+    for cell in cells:
+        models = cell["models"]
+        rows.append([
+            cell["backend"], cell["preset"], "on" if cell["jit_compile"] else "off",
+            f"{cell['batch']} x {cell['length']} ({cell['target_tokens']})" if cell["batch"] else "",
+            *(cell_text(models[name]) for name in names), ratio(models, "ours"),
+            *((ratio(models, OURS_WITHOUT_DROPOUT),) if OURS_WITHOUT_DROPOUT in names else ()),
+        ])
+    return rows
+
+
+def write(cells, args, name):
+    from benchmarks.results import write_table
+
+    parameters = {}
+    for cell in cells:
+        for model, result in cell["models"].items():
+            if result["parameters"]:
+                parameters[f"{cell['preset']}/{model}"] = result["parameters"]
+    first_steps = [
+        f"{c['backend']}/{c['preset']}/jit {'on' if c['jit_compile'] else 'off'}: "
+        + ", ".join(f"{m} {r['first_step_s']:.1f} s" for m, r in c["models"].items() if r["first_step_s"])
+        for c in cells if not c.get("skipped")
+    ]
+    notes = [
+        "Target tokens/s of `model.train_on_batch` (forward, loss, backward, Adam update) on one fixed "
+        "batch; in brackets the time per step of the fastest of "
+        f"{args.rounds} interleaved rounds of {args.steps} steps, after {args.warmup} warm-up steps "
+        "(the machine is shared: other processes only add time; medians in the .json).",
+        "Same for all three models: preset sizes, batch and padding, loss "
+        "`MaskedLabelSmoothedCrossEntropy(0.1)`, optimizer `paper_optimizer(d_model)`, no metrics, jit_compile; "
+        f"vocabularies {args.vocab}; float32.",
+        "keras.io example: `benchmarks/alternatives/keras_io_example.py` (learned positions, no dropout but "
+        "0.5 before the output layer, untied output layer, head width d_model / h; the published example uses "
+        "head width d_model). keras-hub layers: `benchmarks/alternatives/keras_hub_layers.py`.",
+        "Ratio: ours / the faster alternative (target: >= 1.2)."
+        + (f" '{OURS_WITHOUT_DROPOUT}': our model with dropout 0, as the keras.io example's blocks "
+           "(which have none), and its ratio to the faster alternative." if args.ours_without_dropout else ""),
+        "Parameters: " + ", ".join(f"{k} {v:,}" for k, v in parameters.items()) + ".",
+        "First step (trace/compile + 1 step): " + "; ".join(first_steps) + ".",
+    ]
+    names = model_names(args)
+    columns = ["backend", "preset", "jit_compile", "batch x length (target tokens)",
+               *(f"{name} tokens/s (ms/step)" for name in names), "ratio",
+               *((f"ratio, {OURS_WITHOUT_DROPOUT}",) if args.ours_without_dropout else ())]
+    write_table(name, "Training-step throughput: ours vs keras.io example vs keras-hub layers",
+                columns, table_rows(cells, names), notes, extra={"settings": vars(args), "cells": cells})
+
+
+def run_backends(args):
+    cells = []
+    for backend in args.backends.split(","):
+        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
+            out = handle.name
+        child = [f"--{key.replace('_', '-')}={value}" for key, value in vars(args).items()
+                 if key not in ("backends", "quick", "json_out", "ours_without_dropout")]
+        child += ["--ours-without-dropout"] if args.ours_without_dropout else []
+        env = {**os.environ, "KERAS_BACKEND": backend}
+        print(f"=== KERAS_BACKEND={backend} ===", file=sys.stderr, flush=True)
+        code = subprocess.call([sys.executable, os.path.abspath(__file__), *child, "--json-out", out], env=env)
+        if code:
+            print(f"{backend}: subprocess exited with {code}", file=sys.stderr)
+        try:
+            with open(out, encoding="utf-8") as handle:
+                cells += json.load(handle)
+        except (OSError, ValueError):
+            pass
+        os.unlink(out)
+    write(cells, args, "train_throughput")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.backends:
+        run_backends(args)
+        return
+    cells = run_backend(args)
+    if args.json_out:
+        with open(args.json_out, "w", encoding="utf-8") as handle:
+            json.dump(cells, handle)
+    else:
+        write(cells, args, f"train_throughput_{cells[0]['backend']}")
+
+
+if __name__ == "__main__":
+    main()
