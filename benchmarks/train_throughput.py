@@ -27,7 +27,9 @@ faster alternative. Timings only; never a test.
 `--ours-without-dropout` adds our model with dropout 0, the setting of the
 keras.io example's blocks. A model a backend cannot run is reported as "not
 supported: <error>"; `--skip torch:base:on,...` leaves cells out, reported as
-not run. Under torch, jit_compile=True means `torch.compile` of the train step.
+not run, and `--merge earlier.json` fills the table with an earlier run's cells
+that this run does not measure. Under torch, jit_compile=True means
+`torch.compile` of the train step.
 
 `--backends` runs this script once per backend in a subprocess and writes one
 merged table to `benchmarks/results/train_throughput.{json,md}`; a run for the
@@ -73,6 +75,9 @@ def parse_args(argv=None):
                         help=f"also time our model with dropout 0 (column '{OURS_WITHOUT_DROPOUT}')")
     parser.add_argument("--skip", default="", metavar="BACKEND:PRESET:JIT,...",
                         help="cells to leave out, reported as not run, e.g. torch:base:on")
+    parser.add_argument("--merge", metavar="JSON",
+                        help="an earlier run's .json: its cells not measured now are kept in the table")
+    parser.add_argument("--render", metavar="JSON", help="write the table of a results .json again, measuring nothing")
     parser.add_argument("--json-out", help=argparse.SUPPRESS)  # a subprocess's rows, for --backends
     args = parser.parse_args(argv)
     if args.quick:
@@ -199,12 +204,21 @@ def run_backend(args):
     return cells
 
 
+def unsteady(result):
+    """Rounds more than 2x apart: the figure says little (a loaded machine, recompilation)."""
+    steps = result.get("step_s") or []
+    return bool(steps) and max(steps) > 2 * min(steps)
+
+
 def cell_text(result):
     if not result["step_s"] and not result["error"]:
         return "not run (--skip)"
     if result["error"]:
         return f"not supported: {result['error']}"
-    return f"{result['tokens_per_s']:,.0f} ({1000 * result['best_step_s']:.0f} ms)"
+    text = f"{result['tokens_per_s']:,.0f} ({1000 * result['best_step_s']:.0f} ms)"
+    if unsteady(result):
+        text += f" unsteady: rounds {min(result['step_s']):.1f}-{max(result['step_s']):.1f} s"
+    return text
 
 
 def ratio(models, name):
@@ -212,7 +226,10 @@ def ratio(models, name):
     alternatives = [models[other].get("tokens_per_s") for other in ALTERNATIVES]
     alternatives = [value for value in alternatives if value]
     ours = models.get(name, {}).get("tokens_per_s")
-    return f"{ours / max(alternatives):.2f}" if ours and alternatives else "n/a"
+    if not (ours and alternatives):
+        return "n/a"
+    shaky = any(unsteady(models[model]) for model in (name, *ALTERNATIVES))
+    return f"{ours / max(alternatives):.2f}" + (" (unsteady)" if shaky else "")
 
 
 def table_rows(cells, names):
@@ -228,7 +245,7 @@ def table_rows(cells, names):
     return rows
 
 
-def write(cells, args, name):
+def write(cells, args, name, merged_settings=None):
     from benchmarks.results import write_table
 
     parameters = {}
@@ -257,13 +274,31 @@ def write(cells, args, name):
            "(which have none), and its ratio to the faster alternative." if args.ours_without_dropout else ""),
         "Parameters: " + ", ".join(f"{k} {v:,}" for k, v in parameters.items()) + ".",
         "First step (trace/compile + 1 step): " + "; ".join(first_steps) + ".",
+        "Unsteady: the model's rounds were more than 2x apart (machine load, recompilation); "
+        "its figure and ratio say little.",
     ]
     names = model_names(args)
     columns = ["backend", "preset", "jit_compile", "batch x length (target tokens)",
                *(f"{name} tokens/s (ms/step)" for name in names), "ratio",
                *((f"ratio, {OURS_WITHOUT_DROPOUT}",) if args.ours_without_dropout else ())]
+    extra = {"settings": vars(args), "cells": cells}
+    if args.merge:
+        with open(args.merge, encoding="utf-8") as handle:
+            merged_settings = json.load(handle)["settings"]
+    if merged_settings:
+        extra["settings_of_merged_run"] = merged_settings
     write_table(name, "Training-step throughput: ours vs keras.io example vs keras-hub layers",
-                columns, table_rows(cells, names), notes, extra={"settings": vars(args), "cells": cells})
+                columns, table_rows(cells, names), notes, extra=extra)
+
+
+def merged(cells, path):
+    """`cells` plus the cells of the earlier run in `path` that `cells` does not replace."""
+    with open(path, encoding="utf-8") as handle:
+        earlier = json.load(handle)["cells"]
+    key = lambda cell: (cell["backend"], cell["preset"], cell["jit_compile"])  # noqa: E731
+    new = {key(cell): cell for cell in cells}
+    kept = [new.pop(key(cell), cell) for cell in earlier]
+    return kept + list(new.values())
 
 
 def run_backends(args):
@@ -272,7 +307,7 @@ def run_backends(args):
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
             out = handle.name
         child = [f"--{key.replace('_', '-')}={value}" for key, value in vars(args).items()
-                 if key not in ("backends", "quick", "json_out", "ours_without_dropout")]
+                 if key not in ("backends", "quick", "json_out", "ours_without_dropout", "merge")]
         child += ["--ours-without-dropout"] if args.ours_without_dropout else []
         env = {**os.environ, "KERAS_BACKEND": backend}
         print(f"=== KERAS_BACKEND={backend} ===", file=sys.stderr, flush=True)
@@ -285,11 +320,23 @@ def run_backends(args):
         except (OSError, ValueError):
             pass
         os.unlink(out)
-    write(cells, args, "train_throughput")
+    write(merged(cells, args.merge) if args.merge else cells, args, "train_throughput")
+
+
+def render(path):
+    """The table of an earlier run, written again from its .json (e.g. after a format change)."""
+    with open(path, encoding="utf-8") as handle:
+        record = json.load(handle)
+    args = argparse.Namespace(**{**vars(parse_args([])), **record["settings"], "render": None})
+    name = os.path.splitext(os.path.basename(path))[0]
+    write(record["cells"], args, name, merged_settings=record.get("settings_of_merged_run"))
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.render:
+        render(args.render)
+        return
     if args.backends:
         run_backends(args)
         return
