@@ -307,7 +307,7 @@ def run_backends(args):
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
             out = handle.name
         child = [f"--{key.replace('_', '-')}={value}" for key, value in vars(args).items()
-                 if key not in ("backends", "quick", "json_out", "ours_without_dropout", "merge")]
+                 if key not in ("backends", "quick", "json_out", "ours_without_dropout", "merge", "render")]
         child += ["--ours-without-dropout"] if args.ours_without_dropout else []
         env = {**os.environ, "KERAS_BACKEND": backend}
         print(f"=== KERAS_BACKEND={backend} ===", file=sys.stderr, flush=True)
