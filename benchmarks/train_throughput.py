@@ -292,11 +292,12 @@ def write(cells, args, name, merged_settings=None):
 
 
 def merged(cells, path):
-    """`cells` plus the cells of the earlier run in `path` that `cells` does not replace."""
+    """`cells` plus the cells of the earlier run in `path` that `cells` does not
+    replace (a skipped cell replaces nothing)."""
     with open(path, encoding="utf-8") as handle:
         earlier = json.load(handle)["cells"]
     key = lambda cell: (cell["backend"], cell["preset"], cell["jit_compile"])  # noqa: E731
-    new = {key(cell): cell for cell in cells}
+    new = {key(cell): cell for cell in cells if not cell.get("skipped")}
     kept = [new.pop(key(cell), cell) for cell in earlier]
     return kept + list(new.values())
 
