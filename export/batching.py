@@ -10,8 +10,10 @@ the widest with 0 (b"" for strings). The outputs are split back by rows.
 
 One answer whatever the neighbours: a merged batch comes back padded to its longest row, so
 each request's integer outputs of rank 2 (kerasformer's `tokens`) are trimmed of trailing
-all-zero columns, on every request that goes through the batcher, alone or merged. With
-batching on, a request therefore gets the same answer whether or not it was merged.
+all-zero columns, on every request that goes through the batcher, alone or merged. A merged
+batch that fails (one request's input fails an assertion inside the graph) runs its requests
+again one at a time, so the error reaches only the request that caused it. With batching on, a
+request therefore gets the same answer whether or not it was merged.
 
 A request with more rows than `max_batch_size` runs alone. When more than
 `max_enqueued_batches` batches wait, a new request gets 503 (TF Serving's UNAVAILABLE).
@@ -187,10 +189,11 @@ class Batcher:
                 outputs = await asyncio.get_running_loop().run_in_executor(
                     self._executor, model.run, signature.name, merged
                 )
-            except Exception as error:  # noqa: BLE001  (every request of the batch gets the error)
-                for _, _, future in tasks:
-                    if not future.done():
-                        future.set_exception(error)
+            except Exception as error:  # noqa: BLE001  (a request of the batch failed inside the graph)
+                if len(tasks) > 1:
+                    await self._run_alone(model, signature, tasks)
+                elif not tasks[0][2].done():
+                    tasks[0][2].set_exception(error)
                 return
         for name, array in outputs.items():
             if array.ndim == 0 or array.shape[0] != batch.rows:
@@ -207,6 +210,23 @@ class Batcher:
             if not future.done():  # a client that went away leaves a cancelled future
                 future.set_result(trim_padding({n: a[start : start + rows] for n, a in outputs.items()}))
             start += rows
+
+    async def _run_alone(self, model, signature, tasks):
+        """Runs each request of a failed batch by itself (holding the batch's slot), so that one
+        request's bad input fails that request only: each gets the answer it gets unmerged."""
+        loop = asyncio.get_running_loop()
+        for inputs, _, future in tasks:
+            if future.done():
+                continue
+            self.batches += 1
+            try:
+                outputs = await loop.run_in_executor(self._executor, model.run, signature.name, inputs)
+            except Exception as error:  # noqa: BLE001  (this request's own error)
+                if not future.done():
+                    future.set_exception(error)
+                continue
+            if not future.done():
+                future.set_result(trim_padding(outputs))
 
     def shutdown(self):
         self._executor.shutdown(wait=False, cancel_futures=True)

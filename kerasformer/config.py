@@ -95,7 +95,7 @@ class TransformerConfig:
     def from_dict(cls, values):
         """Builds a config from a dict, refusing keys that are not fields."""
         known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - known, key=str)  # a YAML key may be a number
         if unknown:
             raise ValueError(
                 f"unknown config key(s) {unknown}; known keys are {sorted(known)}"

@@ -2,6 +2,8 @@ import pytest
 
 from kerasformer import PRESETS, TransformerConfig, preset
 
+pytestmark = pytest.mark.backend_independent  # see tests/run.sh
+
 
 def test_base_preset_is_the_papers_base_model():
     config = preset("base")
@@ -33,6 +35,11 @@ def test_overrides_and_dict_round_trip():
         ({"d_ff": "2048"}, "d_ff='2048' must be a positive integer"),
         ({"norm_first": "yes"}, "norm_first='yes' must be true or false"),
         ({"positional": "rotary"}, "positional='rotary' must be one of"),
+        ({"num_heads": True}, "num_heads=True must be a positive integer"),
+        ({"num_layers": 2.0}, "num_layers=2.0 must be a positive integer"),
+        ({"dropout": float("nan")}, r"dropout=nan must be in \[0, 1\)"),
+        ({"dropout": "0.1"}, r"dropout='0.1' must be in \[0, 1\)"),
+        ({"max_source_length": 1}, "max_source_length=1 must be at least 2"),
     ],
 )
 def test_impossible_values_are_refused_naming_the_key(changes, message):
@@ -45,3 +52,9 @@ def test_unknown_keys_and_presets_are_refused():
         TransformerConfig.from_dict({"dmodel": 3})
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
         preset("huge")
+
+
+def test_unknown_keys_of_mixed_types_are_named():
+    # A YAML config can give number keys; naming them must not fail on sorting.
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) \[1, 'x'\]"):
+        TransformerConfig.from_dict({1: 2, "x": 3})

@@ -37,7 +37,9 @@ def test_run_folder_is_complete(tmp_path):
                  "tokenizers/source.model", "tokenizers/target.model", "tokenizers/target.vocab"):
         assert (tmp_path / name).exists(), name
     assert os.listdir(tmp_path / "logs")
-    assert not (tmp_path / "backup").exists() or not os.listdir(tmp_path / "backup")  # removed when finished
+    state = json.loads((tmp_path / "backup" / "state.json").read_text())
+    assert state["finished"] == 2 and state["epoch"] == 2 and state["step"] == metrics["total_steps"]
+    assert sorted(os.listdir(tmp_path / "backup")) == sorted(["state.json", state["weights"]])
     assert metrics["epochs_run"] == 2 and metrics["train_tokens_per_second"] > 0
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["train"]["preset"] == "tiny" and saved["model"]["d_model"] == 32

@@ -1,24 +1,25 @@
 """Callbacks Keras does not ship: atomic checkpoints, a wall-clock budget, and a
 throughput meter."""
 
-import os
-import tempfile
 import time
 
 import keras
 
+from training.files import atomic_save
+
 
 class AtomicCheckpoint(keras.callbacks.Callback):
     """Saves the model to `path` (.keras) at each epoch end, or only when `monitor`
-    improves: written to a temporary file in the same folder, then renamed, so a
-    kill mid-write leaves the previous checkpoint intact (Keras's ModelCheckpoint
-    writes in place)."""
+    improves on `best`: written to a temporary file in the same folder, then renamed
+    (`training.files.atomic_save`), so a kill or a full disk mid-write leaves the
+    previous checkpoint intact (Keras's ModelCheckpoint writes in place). A resumed
+    run passes the best value reached before the interruption."""
 
-    def __init__(self, path, monitor=None):
+    def __init__(self, path, monitor=None, best=float("inf")):
         super().__init__()
         self.path = path
         self.monitor = monitor
-        self.best = float("inf")
+        self.best = best
 
     def on_epoch_end(self, epoch, logs=None):
         if self.monitor is not None:
@@ -26,18 +27,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             if value is None or not value < self.best:
                 return
             self.best = value
-        folder = os.path.dirname(os.path.abspath(self.path))
-        fd, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".keras")
-        os.close(fd)
-        try:
-            self.model.save(temporary)
-            with open(temporary, "rb") as file:
-                os.fsync(file.fileno())
-            os.chmod(temporary, 0o644)  # mkstemp creates 0600
-            os.replace(temporary, self.path)
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
+        atomic_save(self.path, self.model.save, what=f"the model of epoch {epoch + 1}")
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -59,10 +49,10 @@ class TimeBudget(keras.callbacks.Callback):
 
 
 class Throughput(keras.callbacks.Callback):
-    """Training steps and the seconds they took: counted from the optimizer's
-    iterations (Keras does not report every step to callbacks), timed from the
-    end of the first step (tracing and compiling) to the end of training, with
-    validation left out."""
+    """Training steps and the seconds they took, summed over the `fit` calls it
+    serves: counted from the optimizer's iterations (Keras does not report every
+    step to callbacks), timed from the end of each fit's first step (tracing and
+    compiling) to its end, with validation left out."""
 
     def __init__(self):
         super().__init__()
@@ -88,5 +78,5 @@ class Throughput(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.clock_start is None:
             return
-        self.seconds = time.monotonic() - self.clock_start - self.validation_seconds
-        self.steps = int(self.model.optimizer.iterations.numpy()) - self.start_iterations - 1
+        self.seconds += time.monotonic() - self.clock_start - self.validation_seconds
+        self.steps += int(self.model.optimizer.iterations.numpy()) - self.start_iterations - 1

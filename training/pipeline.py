@@ -48,6 +48,7 @@ def make_dataset(
     shuffle=True,
     seed=0,
     batch_multiple=1,
+    epochs=None,
 ):
     """Builds the training or evaluation dataset.
 
@@ -67,16 +68,20 @@ def make_dataset(
             batch): training batch sizes are rounded down to it; a partial
             evaluation batch is filled up with rows of padding only, which add
             nothing to the token-mean loss and metrics.
+        epochs: training only: `(first, stop)` makes the dataset epochs
+            first, ..., stop - 1 one after the other (feed it to `model.fit`
+            with `steps_per_epoch`), epoch e shuffled with the seed
+            `(seed, e)`. A resumed run therefore sees, from any epoch on, the
+            data order an uninterrupted run saw. None: one epoch, reshuffled
+            each time the dataset is iterated.
 
     Yields:
         `({"encoder_tokens": (batch, source_length), "decoder_tokens": (batch,
         target_length)}, labels (batch, target_length))`, int32, 0-padded.
     """
-    dataset = tokenize_pairs(
+    pairs = tokenize_pairs(
         sources, targets, source_tokenizer, target_tokenizer, max_source_length, max_target_length
     ).cache()
-    if shuffle:
-        dataset = dataset.shuffle(len(sources), seed=seed, reshuffle_each_iteration=True)
     longest = max(max_source_length, max_target_length)
     boundaries = bucket_boundaries(longest)
     batch_sizes = [
@@ -84,13 +89,33 @@ def make_dataset(
         for boundary in boundaries
     ]
     batch_sizes.append(batch_sizes[-1])  # the bucket past the last boundary stays empty
-    dataset = dataset.bucket_by_sequence_length(
-        element_length_func=lambda source, decoder, labels: tf.maximum(tf.shape(source)[0], tf.shape(decoder)[0]),
-        bucket_boundaries=boundaries,
-        bucket_batch_sizes=batch_sizes,
-        pad_to_bucket_boundary=True,
-        drop_remainder=shuffle,
-    )
+
+    def batched(dataset):
+        return dataset.bucket_by_sequence_length(
+            element_length_func=lambda source, decoder, labels: tf.maximum(tf.shape(source)[0], tf.shape(decoder)[0]),
+            bucket_boundaries=boundaries,
+            bucket_batch_sizes=batch_sizes,
+            pad_to_bucket_boundary=True,
+            drop_remainder=shuffle,
+        )
+
+    if epochs is not None:
+        # Random access to the tokenized pairs, so that an epoch's order can be a
+        # stateless function of (seed, epoch).
+        source, decoder, labels = pairs.ragged_batch(len(sources)).get_single_element()
+
+        def one_epoch(epoch):
+            keys = tf.random.stateless_uniform([len(sources)], seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+            order = tf.data.Dataset.from_tensor_slices(tf.argsort(keys))
+            # Each bucket holds the same pairs every epoch, so every epoch has the same
+            # number of batches; only their order and content change.
+            return batched(order.map(lambda i: (source[i], decoder[i], labels[i])))
+
+        dataset = tf.data.Dataset.range(*epochs).flat_map(one_epoch)
+    elif shuffle:
+        dataset = batched(pairs.shuffle(len(sources), seed=seed, reshuffle_each_iteration=True))
+    else:
+        dataset = batched(pairs)
 
     def to_model_inputs(source, decoder, labels):
         if batch_multiple > 1:

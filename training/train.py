@@ -5,12 +5,13 @@
 Reads sentence pairs (the embedded English->Spanish corpus by default), trains
 SentencePiece tokenizers on the training split, and fits the model with the
 paper's loss, optimizer and schedule. Running the same command again resumes an
-interrupted run (BackupAndRestore). The run folder receives:
+interrupted run at the step where it stopped, with the data order, optimizer
+state and schedule step it had (training/resume.py). The run folder receives:
 
     config.json            the resolved settings and model config
     tokenizers/            source.model, target.model (+ .vocab listings)
     best.keras, last.keras best (lowest validation loss) and last model
-    backup/                BackupAndRestore state while a run is unfinished
+    backup/                the resumable state: state.json + step-N.weights.h5
     logs/                  TensorBoard logs
     metrics.json           per-epoch history, tokens/s, wall time
     curves.png             train/validation loss and accuracy
@@ -29,11 +30,29 @@ from training.callbacks import AtomicCheckpoint, Throughput, TimeBudget
 from training.config import TrainConfig, load_config_file
 from training.corpus_reader import read_corpus
 from training.distribute import data_parallel
-from training.files import atomic_write
+from training.files import WriteError, atomic_write
 from training.loss import MaskedAccuracy, MaskedLabelSmoothedCrossEntropy, Perplexity
 from training.pipeline import count_tokens, make_dataset
+from training.resume import NonFiniteLossError, TrainingState, load_progress, restore
 from training.schedule import paper_optimizer
 from training.tokenizers import load_tokenizer, save_tokenizer, train_sentencepiece
+
+
+def parse_bool(text):
+    words = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+    if text.lower() not in words:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(words)}")
+    return words[text.lower()]
+
+
+def parse_json_object(text):
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} reads as {value!r}, not a JSON object of model settings")
+    return value
 
 
 def parse_args(argv=None):
@@ -42,9 +61,10 @@ def parse_args(argv=None):
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         if field.type is bool:
-            parser.add_argument(flag, type=lambda v: v.lower() in ("1", "true", "yes"), default=None, metavar="BOOL")
+            parser.add_argument(flag, type=parse_bool, default=None, metavar="BOOL")
         elif field.type is dict:
-            parser.add_argument(flag, type=json.loads, default=None, metavar="JSON", help="model overrides, e.g. '{\"num_layers\": 2}'")
+            parser.add_argument(flag, type=parse_json_object, default=None, metavar="JSON",
+                                help="model overrides, e.g. '{\"num_layers\": 2}'")
         else:
             parser.add_argument(flag, type=field.type, default=None)
     args = parser.parse_args(argv)
@@ -97,9 +117,11 @@ def compile_model(config: TrainConfig, model_config):
     from kerasformer import build_seq2seq
 
     model = build_seq2seq(model_config, dtype=config.precision)
-    optimizer = paper_optimizer(model_config.d_model, config.warmup_steps)
+    optimizer = paper_optimizer(model_config.d_model, config.warmup_steps,
+                                global_clipnorm=config.clip_norm or None)
     if config.precision == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer = keras.optimizers.LossScaleOptimizer(
+            optimizer, initial_scale=config.initial_loss_scale, dynamic_growth_steps=config.loss_scale_growth_steps)
     model.compile(
         optimizer=optimizer,
         loss=MaskedLabelSmoothedCrossEntropy(config.label_smoothing),
@@ -109,11 +131,20 @@ def compile_model(config: TrainConfig, model_config):
     return model
 
 
-def train(config: TrainConfig):
-    """Runs (or resumes) training; returns the metrics dict written to metrics.json."""
+def train(config: TrainConfig, callbacks=()):
+    """Runs (or resumes) training; returns the metrics dict written to metrics.json.
+
+    `callbacks` are added to the run's own (after them)."""
     started = time.monotonic()
     os.makedirs(config.run_dir, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
+    backup = os.path.join(config.run_dir, "backup")
+    progress = load_progress(backup)
+    if progress.finished and progress.finished >= config.epochs:
+        print(f"{config.run_dir}: finished after {progress.epoch} epochs; nothing to do "
+              f"(raise epochs above {progress.finished} to train on, or use a new run_dir)")
+        with open(os.path.join(config.run_dir, "metrics.json"), encoding="utf-8") as file:
+            return json.load(file)
 
     train_pairs = read_corpus(config.corpus_file("train"), source_column=config.source_column,
                               target_column=config.target_column, skip_malformed=config.skip_malformed)
@@ -136,46 +167,69 @@ def train(config: TrainConfig):
 
     devices_scope, replicas = data_parallel(config.distribution)  # one device, or all of them
 
-    def dataset(pairs, shuffle):
+    def dataset(pairs, training, epochs=None):
         return make_dataset(pairs.sources, pairs.targets, source_tokenizer, target_tokenizer,
                             model_config.max_source_length, model_config.max_target_length,
-                            batch_tokens=config.batch_tokens, shuffle=shuffle, seed=config.seed,
-                            batch_multiple=replicas)
+                            batch_tokens=config.batch_tokens, shuffle=training, seed=config.seed,
+                            batch_multiple=replicas, epochs=epochs)
 
-    train_data, validation_data = dataset(train_pairs, True), dataset(validation_pairs, False)
-    tokens_per_epoch = count_tokens(train_data)
-    steps_per_epoch = sum(1 for _ in train_data)
+    validation_data = dataset(validation_pairs, False)
+    validation_data = validation_data.apply(known_length(sum(1 for _ in validation_data)))
+    first_epoch = dataset(train_pairs, True, epochs=(0, 1))
+    tokens_per_epoch = count_tokens(first_epoch)
+    steps_per_epoch = sum(1 for _ in first_epoch)
+    if progress.step != progress.epoch * steps_per_epoch + progress.epoch_step:
+        raise RuntimeError(f"{backup}: the saved state (step {progress.step}, epoch {progress.epoch}) does not "
+                           f"match {steps_per_epoch} steps per epoch; was the data or batch_tokens changed?")
 
+    state = TrainingState(backup, progress, steps_per_epoch, config.backup_every_steps)
     throughput, budget = Throughput(), None
-    callbacks = [
-        keras.callbacks.BackupAndRestore(
-            os.path.join(config.run_dir, "backup"),
-            save_freq=config.backup_every_steps or "epoch",
-            double_checkpoint=True,
-        ),
-        AtomicCheckpoint(os.path.join(config.run_dir, "best.keras"), monitor="val_loss"),
+    run_callbacks = [
+        state,  # first: it refuses non-finite weights before anything saves them
+        AtomicCheckpoint(os.path.join(config.run_dir, "best.keras"), monitor="val_loss", best=progress.best),
         AtomicCheckpoint(os.path.join(config.run_dir, "last.keras")),
         keras.callbacks.TensorBoard(os.path.join(config.run_dir, "logs")),
-        keras.callbacks.TerminateOnNaN(),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience),
         throughput,
     ]
     if config.time_budget_minutes:
         budget = TimeBudget(config.time_budget_minutes)
-        callbacks.append(budget)
+        run_callbacks.append(budget)
+    run_callbacks += list(callbacks)
+    start_epoch = progress.epoch
+    where = f"; resuming at step {progress.step} (epoch {progress.epoch + 1})" if progress.step else ""
     print(f"train: {len(train_pairs)} pairs, {tokens_per_epoch} target tokens, {steps_per_epoch} steps per epoch;"
-          f" validation: {len(validation_pairs)} pairs; backend {keras.backend.backend()}, {replicas} device(s)")
+          f" validation: {len(validation_pairs)} pairs; backend {keras.backend.backend()}, {replicas} device(s){where}")
     with devices_scope:
         model = compile_model(config, model_config)
-        history = model.fit(train_data, validation_data=validation_data, epochs=config.epochs,
-                            callbacks=callbacks, verbose=2)
+        restore(model, backup, progress)
+        # An epoch interrupted midway first runs to its end on its own, so that every
+        # later epoch starts where an uninterrupted run's would.
+        if progress.epoch_step and progress.epoch < config.epochs:
+            rest = steps_per_epoch - progress.epoch_step
+            data = dataset(train_pairs, True, epochs=(progress.epoch, progress.epoch + 1))
+            model.fit(data.skip(progress.epoch_step).apply(known_length(rest)),
+                      validation_data=validation_data, initial_epoch=progress.epoch, epochs=progress.epoch + 1,
+                      callbacks=run_callbacks, verbose=2, shuffle=False)
+        if progress.epoch < config.epochs and not model.stop_training:
+            data = dataset(train_pairs, True, epochs=(progress.epoch, config.epochs))
+            data = data.apply(known_length((config.epochs - progress.epoch) * steps_per_epoch))
+            model.fit(data, steps_per_epoch=steps_per_epoch, validation_data=validation_data,
+                      initial_epoch=progress.epoch, epochs=config.epochs, callbacks=run_callbacks, verbose=2,
+                      shuffle=False)
+    stopped_by_budget = bool(budget and budget.stopped_early)
+    if not stopped_by_budget:
+        state.finish(config.epochs)
 
+    history = progress.history
     tokens_trained = tokens_per_epoch * throughput.steps / max(steps_per_epoch, 1)
     metrics = {
-        "history": history.history,
-        "epochs_run": len(history.history.get("loss", [])),
-        "stopped_by_time_budget": bool(budget and budget.stopped_early),
+        "history": history,
+        "epochs_run": progress.epoch - start_epoch,  # by this command; history holds all
+        "epochs_total": progress.epoch,
+        "stopped_by_time_budget": stopped_by_budget,
         "train_steps": throughput.steps,
+        "total_steps": progress.step,
         "train_seconds": round(throughput.seconds, 1),
         "train_tokens_per_second": round(tokens_trained / throughput.seconds, 1) if throughput.seconds else None,
         "wall_seconds": round(time.monotonic() - started, 1),
@@ -184,14 +238,26 @@ def train(config: TrainConfig):
         "backend": keras.backend.backend(),
     }
     atomic_write(os.path.join(config.run_dir, "metrics.json"), json.dumps(metrics, indent=2).encode())
-    if history.history.get("loss"):
-        plot_curves(history.history, os.path.join(config.run_dir, "curves.png"))
+    if history.get("loss"):
+        plot_curves(history, os.path.join(config.run_dir, "curves.png"))
     return metrics
+
+
+def known_length(steps):
+    """Tells Keras how many batches a dataset holds. Of a dataset of unknown length it
+    learns the end by running past it: a warning, and under TensorFlow an optimizer
+    iteration counted without an update."""
+    import tensorflow as tf
+
+    return tf.data.experimental.assert_cardinality(steps)
 
 
 def main(argv=None):
     config = parse_args(argv)
-    metrics = train(config)
+    try:
+        metrics = train(config)
+    except (NonFiniteLossError, WriteError) as error:
+        raise SystemExit(f"kerasformer-train: {error}") from None
     print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
 
 

@@ -64,6 +64,15 @@ def run_files(run_dir, checkpoint="best"):
     return paths
 
 
+def load_run_model(path):
+    """The model of a `.keras` file, loaded in Keras's safe mode (the default: a file
+    holding Python code, e.g. a Lambda layer, is refused, not run); errors name the file."""
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:
+        raise ValueError(f"{path}: cannot load the model: {error}") from error
+
+
 class Translator:
     """Raw text in, translated text out.
 
@@ -99,7 +108,7 @@ class Translator:
         """Loads `RUN_DIR/{checkpoint}.keras` and the run's tokenizers."""
         model_path, source_model, target_model = run_files(run_dir, checkpoint)
         return cls(
-            keras.saving.load_model(model_path, compile=False),
+            load_run_model(model_path),
             load_tokenizer(source_model),
             load_tokenizer(target_model),
             **kwargs,

@@ -1,0 +1,281 @@
+"""Faults injected into real training processes: SIGKILL inside epochs and inside
+checkpoint writes, a loss that becomes NaN, a full disk. The run resumes where it
+stopped and ends with the weights of a run never interrupted."""
+
+import gzip
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from training.resume import NonFiniteLossError, load_progress
+from training.train import train
+from training.config import TrainConfig
+
+REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CORPUS = os.path.join(REPOSITORY_ROOT, "training", "corpus", "en-es")
+
+# Runs training.train.main(argv) with one fault armed by $KILL (see `arm`).
+WRAPPER = r"""
+import os, signal, sys
+import keras
+import numpy as np
+import training.resume, training.train
+
+kind, _, at = os.environ.get("KILL", "").partition(":")
+at = int(at or 0)
+saves = 0
+
+def die():
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+class KillAtStep(keras.callbacks.Callback):
+    # The step counter of the run (resumed runs included), as TrainingState counts it.
+    def on_train_batch_end(self, batch, logs=None):
+        if kind == "step" and int(self.model.optimizer.iterations.numpy()) == at:
+            die()
+
+real_savez = np.savez
+def savez(path, **arrays):
+    # kind "in_save": die with the at-th checkpoint half written to its temporary file.
+    global saves
+    real_savez(path, **arrays)
+    saves += 1
+    if kind == "in_save" and saves == at:
+        with open(path, "r+b") as file:
+            file.truncate(os.path.getsize(path) // 2)
+        die()
+np.savez = savez
+
+real_write_state = training.resume.TrainingState._write_state
+def write_state(self):
+    # kind "before_state": die after the at-th weights file is renamed into place,
+    # before state.json names it.
+    if kind == "before_state" and saves == at:
+        die()
+    real_write_state(self)
+training.resume.TrainingState._write_state = write_state
+
+real_train = training.train.train
+training.train.train = lambda config: real_train(config, callbacks=[KillAtStep()])
+training.train.main(sys.argv[1:])
+"""
+
+
+def validation_file(folder):
+    path = os.path.join(folder, "validation.tsv")
+    with gzip.open(os.path.join(DEFAULT_CORPUS, "validation.tsv.gz"), "rt", encoding="utf-8") as file:
+        lines = file.readlines()[:40]
+    with open(path, "w", encoding="utf-8") as file:
+        file.writelines(lines)
+    return path
+
+
+def train_command(run_dir, validation, epochs=3):
+    return [
+        "--run-dir", str(run_dir), "--validation-file", validation, "--preset", "tiny",
+        "--max-train-pairs", "160", "--vocabulary-size", "250", "--batch-tokens", "512",
+        "--warmup-steps", "20", "--patience", "50", "--epochs", str(epochs), "--backup-every-steps", "3",
+    ]
+
+
+def run_training(arguments, kill=""):
+    """Runs the wrapper; returns (returncode, output). rc -9: killed as armed."""
+    environment = {**os.environ, "KILL": kill, "PYTHONPATH": REPOSITORY_ROOT}
+    completed = subprocess.run([sys.executable, "-c", WRAPPER, *arguments], cwd=REPOSITORY_ROOT,
+                               env=environment, capture_output=True, text=True, timeout=600)
+    return completed.returncode, completed.stdout + completed.stderr
+
+
+def final_weights(run_dir):
+    model = keras.saving.load_model(os.path.join(run_dir, "last.keras"))
+    return [keras.ops.convert_to_numpy(v) for v in model.weights + model.optimizer.variables]
+
+
+def backup_files(run_dir):
+    return sorted(os.listdir(os.path.join(run_dir, "backup")))
+
+
+def test_killed_runs_resume_and_end_with_the_uninterrupted_weights(tmp_path):
+    validation = validation_file(tmp_path)
+    reference = tmp_path / "reference"
+    rc, output = run_training(train_command(reference, validation))
+    assert rc == 0, output
+    steps = load_progress(reference / "backup").step
+    steps_per_epoch = steps // 3
+    assert steps_per_epoch >= 5, steps
+
+    # Three kills, each followed by the same command: at a random step inside the
+    # first epoch, half-way through writing a checkpoint, and between renaming a
+    # weights file into place and writing state.json.
+    run = tmp_path / "killed"
+    kill_step = random.Random(7).randrange(4, steps_per_epoch)  # after the save at step 3
+    faults = [f"step:{kill_step}", "in_save:2", "before_state:2"]
+    if keras.backend.backend() != "tensorflow":
+        faults = faults[:2]
+    resumed_at = []
+    for fault in faults:
+        rc, output = run_training(train_command(run, validation), kill=fault)
+        assert rc == -signal.SIGKILL, f"{fault}: the armed kill did not happen (rc={rc})\n{output[-3000:]}"
+        progress = load_progress(run / "backup")
+        resumed_at.append(progress.step)
+        # Never a truncated file: only the checkpoint state.json names, plus leftovers
+        # of the killed write (temporaries, an unnamed weights file), removed on restart.
+        names = backup_files(run)
+        assert "state.json" in names and progress.weights in names, names
+        model = keras.saving.load_model(os.path.join(run, "last.keras")) if (run / "last.keras").exists() else None
+        assert model is None or model.count_params() > 0
+    rc, output = run_training(train_command(run, validation))
+    assert rc == 0, output
+    assert f"resuming at step {resumed_at[-1]}" in output
+    assert resumed_at[0] == kill_step // 3 * 3, (kill_step, resumed_at)  # the last save before the kill
+    assert resumed_at == sorted(resumed_at) and resumed_at[-1] < steps, resumed_at
+    progress = load_progress(run / "backup")
+    assert progress.step == steps and progress.finished == 3
+    assert backup_files(run) == sorted(["state.json", progress.weights])
+    assert len(progress.history["loss"]) == 3  # the epochs of all four processes
+
+    for side in ("source", "target"):  # same tokenizers, so the weights mean the same
+        assert (run / "tokenizers" / f"{side}.vocab").read_text() == (reference / "tokenizers" / f"{side}.vocab").read_text()
+    expected, resumed = final_weights(reference), final_weights(run)
+    assert len(expected) == len(resumed)
+    if keras.backend.backend() == "tensorflow":
+        for a, b in zip(expected, resumed):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    else:
+        # JAX and torch: the run resumes and completes; equality is only promised on TensorFlow.
+        assert all(np.isfinite(w).all() for w in resumed)
+
+
+def tiny_config(run_dir, **changes):
+    values = dict(preset="tiny", max_train_pairs=120, vocabulary_size=250, batch_tokens=512, warmup_steps=20,
+                  patience=50, run_dir=str(run_dir), validation_file=validation_file(run_dir))
+    return TrainConfig(**{**values, **changes})
+
+
+class PoisonWeights(keras.callbacks.Callback):
+    """Sets one embedding weight to NaN after step `at` (as a diverging run would)."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) == self.at:
+            weights = self.model.trainable_variables[0]
+            weights.assign(keras.ops.where(keras.ops.arange(weights.shape[0])[:, None] == 1, np.nan, weights))
+
+
+def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = tiny_config(tmp_path, epochs=3, backup_every_steps=2)
+    with pytest.raises(NonFiniteLossError) as caught:
+        train(config, callbacks=[PoisonWeights(at=5)])
+    message = str(caught.value)
+    # The weights turn NaN after step 5: step 6's loss is the first NaN, and the
+    # checkpoint of step 6 (due by backup_every_steps) refuses the weights.
+    assert "at step 6 (epoch 1, step 6 of" in message and "last good checkpoint (step 4" in message, message
+    progress = load_progress(tmp_path / "backup")
+    assert progress.step == 4 and progress.weights == "step-00000004.npz"
+    model = keras.saving.load_model(str(tmp_path / "last.keras")) if (tmp_path / "last.keras").exists() else None
+    assert model is None or all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in model.weights)
+    # The same command resumes from the good checkpoint and finishes.
+    metrics = train(config)
+    assert metrics["total_steps"] == load_progress(tmp_path / "backup").step
+    assert all(np.isfinite(metrics["history"]["loss"]))
+
+
+def one_batch(seed=0, vocabulary=50):
+    rng = np.random.default_rng(seed)
+    inputs = {"encoder_tokens": rng.integers(1, vocabulary, (4, 6)), "decoder_tokens": rng.integers(1, vocabulary, (4, 7))}
+    return inputs, rng.integers(1, vocabulary, (4, 7))
+
+
+def first_moment_norm(optimizer):
+    """Global norm of Adam's first moments: after one step m = (1 - beta_1) * gradient."""
+    return float(np.sqrt(sum(np.sum(keras.ops.convert_to_numpy(m) ** 2) for m in optimizer._momentums)))
+
+
+@pytest.mark.parametrize("clip_norm", [0.0, 1e-3])
+def test_gradient_clipping_scales_the_gradient_to_clip_norm(clip_norm):
+    from training.train import compile_model
+
+    config = TrainConfig(preset="tiny", clip_norm=clip_norm)
+    model = compile_model(config, config.model_config(50, 50))
+    model.train_on_batch(*one_batch())
+    norm = first_moment_norm(model.optimizer) / (1 - model.optimizer.beta_1)  # the gradient's global norm
+    if clip_norm:
+        assert model.optimizer.global_clipnorm == clip_norm
+        assert norm == pytest.approx(clip_norm, rel=1e-3)
+    else:
+        assert norm > 0.1  # far above the clipped run's: the clipping above was real
+
+
+@pytest.mark.parametrize("initial_loss_scale", [2.0**15, 2.0**40])
+def test_float16_loss_scaling_skips_overflowing_steps_and_lowers_the_scale(initial_loss_scale):
+    from training.train import compile_model
+
+    config = TrainConfig(preset="tiny", precision="mixed_float16", initial_loss_scale=initial_loss_scale)
+    model = compile_model(config, config.model_config(50, 50))
+    model.train_on_batch(*one_batch())  # builds everything
+    before = [keras.ops.convert_to_numpy(w).copy() for w in model.trainable_weights]
+    scale = float(keras.ops.convert_to_numpy(model.optimizer.dynamic_scale))
+    model.train_on_batch(*one_batch(1))
+    after = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
+    new_scale = float(keras.ops.convert_to_numpy(model.optimizer.dynamic_scale))
+    assert all(np.isfinite(w).all() for w in after)
+    changed = any(not np.array_equal(a, b) for a, b in zip(before, after))
+    if initial_loss_scale == 2.0**15:  # gradients * 2^15 fit in float16: the step is applied
+        assert changed and new_scale == scale
+    else:  # gradients * 2^39 overflow float16: the step is skipped and the scale halved
+        assert not changed and new_scale == scale / 2
+
+
+def file_digests(folder):
+    import hashlib
+
+    digests = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as file:
+                digests[os.path.relpath(path, folder)] = hashlib.sha256(file.read()).hexdigest()
+    return digests
+
+
+def test_a_full_disk_while_checkpointing_names_the_file_and_keeps_the_previous_checkpoint(tmp_path):
+    from faults import python_command, small_disk
+
+    validation = validation_file(tmp_path)
+    run = tmp_path / "run"
+    rc, output = run_training(train_command(run, validation, epochs=1))
+    assert rc == 0, output
+    progress = load_progress(run / "backup")
+    before = {name: digest for name, digest in file_digests(run).items() if not name.startswith("logs")}
+    weights_size = os.path.getsize(run / "backup" / progress.weights)
+
+    # Two epochs now: the first checkpoint of epoch 2 needs weights_size bytes; half that is free.
+    disk = small_disk(python_command("-m", "training.train", *train_command(run, validation, epochs=2)),
+                      run, free_bytes=weights_size // 2)
+    assert disk.returncode == 1, disk.stderr[-3000:]
+    message = disk.stderr.strip().splitlines()[-1]
+    expected_cause = "no space left on device (disk full)" if disk.mechanism == "tmpfs" else "File too large"
+    assert message.startswith("kerasformer-train: ") and str(run / "backup" / "step-") in message, message
+    assert expected_cause in message and "the previous file is intact" in message, message
+    after = file_digests(run)
+    for name, digest in before.items():
+        if name not in ("config.json",):  # rewritten with the new epochs value
+            assert after.get(name) == digest, f"{name} changed or vanished"
+    assert not [name for name in after if ".tmp-" in name], sorted(after)
+
+    # With room again, the same command resumes from the intact checkpoint and finishes.
+    rc, output = run_training(train_command(run, validation, epochs=2))
+    assert rc == 0, output
+    assert f"resuming at step {progress.step} (epoch 2)" in output
+    assert load_progress(run / "backup").finished == 2
