@@ -43,12 +43,20 @@ files are backend-independent).
 
 A version folder appears atomically: everything is written to a dot-folder
 beside it (ignored by the server, which only loads numeric folders) and renamed
-into place, and an existing version is never overwritten.
+into place, and an existing version is never overwritten. An export that fails
+(a full disk: `ExportError`) removes its dot-folder; one that is killed leaves it
+behind, named `.tmp-VERSION-pidPID-XXXXXXXX`, and the next export into the same
+folder removes it -- never one of an export still running, which holds a lock.
 """
 
 import argparse
+import contextlib
+import errno
+import fcntl
 import json
+import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -61,6 +69,24 @@ SIGNATURES = ("serving_default", "translate_tokens", "translate_beam")
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 # Replayed by the model server at load time (one batch of mixed lengths).
 WARMUP_TEXTS = ("Hello.", "In the beginning, God created the heavens and the earth.", "")
+# The exporter's own work folders: only these are ever removed as leftovers.
+WORK_FOLDER = re.compile(r"\.tmp-\d+-pid\d+-")
+# How a full disk (or quota, or file size limit) reaches a writer: as an OSError, or as a
+# TensorFlow error carrying the operating system's message.
+OUT_OF_SPACE = {code: os.strerror(code) for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)}
+
+# How the command line reports an ExportError (exit status 1), one line.
+EXPORT_ERROR_PREFIX = "kerasformer-export: error: "
+
+log = logging.getLogger("kerasformer.export")
+
+
+class ExportError(OSError):
+    """An export that could not be written; it published nothing and removed its files."""
+
+    def __init__(self, message, code=None):
+        super().__init__(message)
+        self.errno = code
 
 
 def next_version(model_dir):
@@ -90,14 +116,19 @@ def export_run(
             version is never overwritten (FileExistsError).
         max_length: default of the `max_length` input (default: the decoder's).
         warmup: write `assets.extra/tf_serving_warmup_requests`.
+
+    Raises ValueError for a name that is not one plain folder name (`..`, `a/b`).
     """
+    from export.model_repository import check_model_name
+
+    check_model_name(name)
     if keras.backend.backend() != "tensorflow":
         return _export_in_tensorflow_process(run_dir, name, base_dir, version, checkpoint, max_length, warmup)
-    from training.translator import run_files  # also registers kerasformer's layers
+    from training.translator import load_run_model, run_files  # also registers kerasformer's layers
 
     model_path, source_model, target_model = run_files(run_dir, checkpoint)
     return export_model(
-        keras.saving.load_model(model_path, compile=False),
+        load_run_model(model_path),
         source_model,
         target_model,
         os.path.join(base_dir, name),
@@ -110,9 +141,13 @@ def export_run(
 def export_model(model, source_model, target_model, model_dir, version=None, max_length=None, warmup=True):
     """Exports a `build_seq2seq` model with its SentencePiece model files
     (`.model`, a `.vocab` listing beside each is copied too) to
-    `model_dir/version/` atomically; returns that path. TensorFlow backend only."""
+    `model_dir/version/` atomically; returns that path. TensorFlow backend only.
+
+    Raises `ExportError` when the disk (or quota) is full; the versions already
+    there are untouched and nothing of this one is left."""
     import tensorflow as tf
 
+    from export.model_repository import version_folders
     from export.serving_ops import check_servable_ops
     from export.translation_module import TranslationModule
 
@@ -124,11 +159,15 @@ def export_model(model, source_model, target_model, model_dir, version=None, max
     if os.path.exists(final):
         raise FileExistsError(f"{final} exists; versions are never overwritten (omit --version for the next free one)")
 
-    # Written beside the final folder (same filesystem, so the rename is atomic);
-    # the model server only loads numeric folder names, so it never sees this one.
-    staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir)
-    try:
-        with tempfile.TemporaryDirectory() as vocabularies:
+    with _exporting(model_dir):
+        # Everything, the vocabulary copies included, is written inside one work folder beside
+        # the final one (same filesystem, so the rename is atomic); the model server only loads
+        # numeric folder names, so it never sees it.
+        work = None
+        try:
+            work = tempfile.mkdtemp(prefix=f".tmp-{version}-pid{os.getpid()}-", dir=model_dir)
+            staging, vocabularies = os.path.join(work, "saved_model"), os.path.join(work, "vocabularies")
+            os.mkdir(vocabularies)
             for side, path in (("source", source_model), ("target", target_model)):
                 shutil.copyfile(path, os.path.join(vocabularies, f"{side}.model"))
                 listing = os.path.splitext(path)[0] + ".vocab"
@@ -138,16 +177,63 @@ def export_model(model, source_model, target_model, model_dir, version=None, max
             # tf.functions, not concrete functions: only these carry the defaults.
             signatures = {name: getattr(module, name) for name in SIGNATURES}
             tf.saved_model.save(module, staging, signatures=signatures)
-        check_servable_ops(staging)
-        if warmup:
-            write_warmup_requests(staging, os.path.basename(os.path.abspath(model_dir)))
-        _fsync_tree(staging)
-        os.rename(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+            check_servable_ops(staging)
+            if warmup:
+                write_warmup_requests(staging, os.path.basename(os.path.abspath(model_dir)))
+            _fsync_tree(staging)
+            os.rename(staging, final)
+        except BaseException as error:
+            if work is not None:
+                shutil.rmtree(work, ignore_errors=True)
+            code = _out_of_space(error, tf)
+            if code is None:
+                raise
+            kept = ", ".join(map(str, sorted(version_folders(model_dir))))
+            raise ExportError(
+                f"{model_dir}: {OUT_OF_SPACE[code]} while writing version {version}; nothing was published"
+                + (f" and the earlier versions ({kept}) are untouched" if kept else ""),
+                code,
+            ) from error
+        shutil.rmtree(work, ignore_errors=True)  # the vocabulary copies
     _fsync_tree(model_dir, files=False)
     return final
+
+
+def _out_of_space(error, tf):
+    """ENOSPC, EDQUOT or EFBIG if `error` says the disk, quota or file size limit
+    is full (TensorFlow's errors carry only the operating system's message)."""
+    if isinstance(error, OSError) and error.errno in OUT_OF_SPACE:
+        return error.errno
+    if isinstance(error, (OSError, tf.errors.OpError)):
+        return next((code for code, message in OUT_OF_SPACE.items() if message in str(error)), None)
+    return None
+
+
+@contextlib.contextmanager
+def _exporting(model_dir):
+    """Marks an export as running in `model_dir` while the block runs: a shared
+    `flock` on the folder, which the kernel releases however the process ends
+    (SIGKILL included). On entry, if no other export holds it, first removes the
+    work folders that killed exports left behind. A lock, not the pid in the
+    folder name: pids are reused, and differ between containers sharing a volume.
+    Where the filesystem has no flock, nothing is removed."""
+    descriptor = os.open(model_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pass  # another export is running (or no flock here): its folder is not ours to judge
+        else:
+            for entry in sorted(os.listdir(model_dir)):
+                path = os.path.join(model_dir, entry)
+                if WORK_FOLDER.match(entry) and os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                    log.warning("removed %s, left by an export that did not finish", path)
+        with contextlib.suppress(OSError):
+            fcntl.flock(descriptor, fcntl.LOCK_SH)  # converts the exclusive lock, if held
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def _fsync_tree(root, files=True):
@@ -200,6 +286,9 @@ def _export_in_tensorflow_process(run_dir, name, base_dir, version, checkpoint, 
     env = {**os.environ, "KERAS_BACKEND": "tensorflow",
            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     result = subprocess.run(args, env=env, capture_output=True, text=True)
+    last_line = (result.stderr.strip().splitlines() or [""])[-1]
+    if result.returncode == 1 and last_line.startswith(EXPORT_ERROR_PREFIX):
+        raise ExportError(last_line[len(EXPORT_ERROR_PREFIX):])
     if result.returncode != 0:
         raise RuntimeError(f"export under the TensorFlow backend failed:\n{result.stderr[-4000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])["path"]
@@ -216,8 +305,17 @@ def main(argv=None):
     parser.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the warmup file")
     parser.add_argument("--print-json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    path = export_run(args.run_dir, args.name, args.base_dir, args.version, args.checkpoint, args.max_length,
-                      args.warmup)
+    from export.model_repository import check_model_name
+
+    try:
+        check_model_name(args.name)
+    except ValueError as error:
+        parser.error(f"--name: {error}")
+    try:
+        path = export_run(args.run_dir, args.name, args.base_dir, args.version, args.checkpoint, args.max_length,
+                          args.warmup)
+    except ExportError as error:
+        parser.exit(1, f"{EXPORT_ERROR_PREFIX}{error}\n")
     if args.print_json:
         print(json.dumps({"path": path}))
     else:

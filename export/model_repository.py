@@ -1,8 +1,10 @@
 """The models a server answers for: discovering, loading and polling `BASE/NAME/VERSION/`.
 
-A model version is a folder whose name is a positive integer and which holds a SavedModel
-(`saved_model.pb`, `variables/`, `assets/`, `assets.extra/`). Other names (the exporter's
-temporary `.tmp-XXXX` folders) are ignored.
+A model name is one plain folder name (`MODEL_NAME`; `check_model_name` refuses `..`, `a/b`,
+`/abs`, `a\\b`), so no name reaches outside the base folder; folders under it with other names
+are not served. A model version is a folder whose name is a positive integer and which holds a
+SavedModel (`saved_model.pb`, `variables/`, `assets/`, `assets.extra/`). Other names (the
+exporter's temporary `.tmp-XXXX` folders) are ignored.
 
 Like TensorFlow Serving's default "latest" version policy, each model serves its newest version.
 A poll every `poll_seconds` looks for newer version folders; a newer one is loaded while the old
@@ -15,6 +17,7 @@ again only when a file in it changes (its newest modification time).
 import dataclasses
 import logging
 import os
+import re
 import threading
 
 import numpy as np
@@ -42,6 +45,24 @@ _HTTP_STATUS = {
     tf.errors.UNAVAILABLE: 503,
     tf.errors.DEADLINE_EXCEEDED: 504,
 }
+
+
+# A model name: one folder name of letters, digits and `_.-`, not starting with `.` or `-`.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_model_name(name):
+    """Returns `name` if it is a plain folder name (`MODEL_NAME`), else raises ValueError naming it.
+
+    The exporter writes `BASE/NAME/` and the server reads it: a name such as `..`, `../other`,
+    `/abs/path` or `a\\b` would reach outside the base folder.
+    """
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
+        raise ValueError(
+            f"model name {name!r} is not a plain folder name: use letters, digits and _ . - "
+            f"(starting with a letter or digit), e.g. kerasformer_en_es"
+        )
+    return name
 
 
 def _dtype_name(enum_value):
@@ -159,7 +180,7 @@ def version_folders(model_path):
         return versions
     for entry in entries:
         path = os.path.join(model_path, entry)
-        if entry.isdigit() and int(entry) > 0 and os.path.isdir(path):
+        if entry.isascii() and entry.isdigit() and int(entry) > 0 and os.path.isdir(path):
             versions[int(entry)] = path
     return versions
 
@@ -176,13 +197,14 @@ class ModelRepository:
 
     def __init__(self, base_path, model_names=None, poll_seconds=2.0):
         self.base_path = base_path
-        self.model_names = list(model_names) if model_names else None
+        self.model_names = [check_model_name(name) for name in model_names] if model_names else None
         self.poll_seconds = poll_seconds
         self._serving = {}  # model name -> LoadedModel
         self._records = {}  # model name -> {version: _VersionRecord}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = None
+        self._ignored_names = set()  # folders under base_path whose names are not model names
 
     # --- lookups (any thread) ---
 
@@ -230,7 +252,13 @@ class ModelRepository:
         except OSError as error:
             log.warning("cannot list model base path %s: %s", self.base_path, error)
             return []
-        return [e for e in entries if not e.startswith(".") and os.path.isdir(os.path.join(self.base_path, e))]
+        folders = [e for e in entries if not e.startswith(".") and os.path.isdir(os.path.join(self.base_path, e))]
+        for name in folders:
+            if not MODEL_NAME.fullmatch(name) and name not in self._ignored_names:
+                self._ignored_names.add(name)
+                log.warning("ignored folder %r under %s: not a model name (letters, digits, _ . -)", name,
+                            self.base_path)
+        return [name for name in folders if MODEL_NAME.fullmatch(name)]
 
     def poll(self):
         """One pass over the base path: loads any newer version of each model."""

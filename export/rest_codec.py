@@ -38,6 +38,9 @@ NUMPY_DTYPES = {
     "DT_BOOL": np.dtype(np.bool_),
 }
 
+# TensorFlow's largest tensor rank (TensorShape::MaxDimensions()).
+MAX_RANK = 254
+
 
 class RestError(Exception):
     """A request that gets an HTTP error answer `{"error": message}` with `status`."""
@@ -88,7 +91,10 @@ def _leaf(value, dtype, where):
     """Converts one JSON scalar to the Python value NumPy stores for `dtype`."""
     if dtype == "DT_STRING":
         if isinstance(value, str):
-            return value.encode("utf-8")
+            try:
+                return value.encode("utf-8")
+            except UnicodeEncodeError as error:  # a lone surrogate, which JSON can escape ("\ud800")
+                raise invalid_argument(f"{where}: string {_show(value)} is not valid Unicode: {error.reason}") from None
         if isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str):
             try:
                 return base64.b64decode(value["b64"], validate=True)
@@ -105,7 +111,10 @@ def _leaf(value, dtype, where):
     if dtype in ("DT_FLOAT", "DT_DOUBLE"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise invalid_argument(f"{where}: JSON value {_show(value)} is not a number (expected {dtype})")
-        return value
+        try:
+            return float(value)
+        except OverflowError:  # an integer such as 10**400
+            raise invalid_argument(f"{where}: number {_show(value)} is out of range for {dtype}") from None
     if dtype == "DT_BOOL":
         if not isinstance(value, bool):
             raise invalid_argument(f"{where}: JSON value {_show(value)} is not a boolean (expected DT_BOOL)")
@@ -118,13 +127,16 @@ def _show(value, limit=60):
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _nested(value, dtype, where):
-    """Converts nested JSON lists to (flat list of leaves, shape); refuses ragged lists."""
+def _nested(value, dtype, where, depth=0):
+    """Converts nested JSON lists to (flat list of leaves, shape); refuses ragged lists and lists
+    nested deeper than TensorFlow's most dimensions."""
     if not isinstance(value, list):
         return [_leaf(value, dtype, where)], ()
+    if depth == MAX_RANK:
+        raise invalid_argument(f"{where}: lists nested deeper than {MAX_RANK}, TensorFlow's most dimensions")
     if not value:
         return [], (0,)
-    parts = [_nested(item, dtype, f"{where}[{index}]") for index, item in enumerate(value)]
+    parts = [_nested(item, dtype, f"{where}[{index}]", depth + 1) for index, item in enumerate(value)]
     inner = parts[0][1]
     for index, (_, shape) in enumerate(parts):
         if shape != inner:

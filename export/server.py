@@ -12,8 +12,12 @@ Every error is `{"error": "message"}` with TF Serving's HTTP status: 400 for a b
 TensorFlow's error code for an error raised inside the graph (INVALID_ARGUMENT -> 400,
 INTERNAL/UNKNOWN/DATA_LOSS -> 500). Version labels (`/labels/L`) are not supported (400).
 
-One path outside TF Serving's API, `GET /kerasformer/stats`, counts requests and graph calls
-(to see batching merge requests).
+Two paths outside TF Serving's API: `GET /kerasformer/stats` counts requests and graph calls
+(to see batching merge requests), and `GET /kerasformer/openapi.json` answers the OpenAPI 3.1
+description of all of the above (`export/openapi.py`).
+
+A model name in a path only selects among the models loaded; nothing is read from disk for it.
+`--model-name` takes plain folder names only (`export.model_repository.check_model_name`).
 
 Usage:
     kerasformer-serve --model-base-path saved_models [--model-name NAME ...] [--port 8501]
@@ -34,7 +38,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from export.batching import Batcher, BatchingParameters, parse_batching_parameters
-from export.model_repository import ModelRepository
+from export.model_repository import ModelRepository, check_model_name
+from export.openapi import openapi_description
 from export.rest_codec import RestError, format_predict_response, invalid_argument, parse_predict_request
 
 log = logging.getLogger("kerasformer.serve")
@@ -46,8 +51,11 @@ MODEL_PATH = re.compile(
 )
 
 
-def error_response(status, message):
-    return JSONResponse({"error": message}, status_code=status)
+def error_response(status, message, headers=None):
+    # A message may quote the request, and JSON may carry a lone surrogate ("\ud800") that UTF-8
+    # cannot encode: such characters are written as their escape.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 class ServingApp:
@@ -64,7 +72,9 @@ class ServingApp:
         async def on_http_error(request, error):
             if error.status_code == 404:
                 return error_response(404, f"Malformed request: {request.method} {request.url.path}")
-            return error_response(error.status_code, f"{error.detail}: {request.method} {request.url.path}")
+            # error.headers: `Allow` on a 405, as RFC 9110 requires.
+            return error_response(error.status_code, f"{error.detail}: {request.method} {request.url.path}",
+                                  error.headers)
 
         async def on_unexpected_error(request, error):
             log.exception("unexpected error answering %s %s", request.method, request.url.path)
@@ -74,6 +84,7 @@ class ServingApp:
             routes=[
                 Route("/v1/models/{path:path}", self.models, methods=["GET", "POST"]),
                 Route("/kerasformer/stats", self.stats, methods=["GET"]),
+                Route("/kerasformer/openapi.json", self.openapi, methods=["GET"]),
             ],
             exception_handlers={HTTPException: on_http_error, Exception: on_unexpected_error},
         )
@@ -93,7 +104,7 @@ class ServingApp:
             raise invalid_argument(f"model version labels are not supported by kerasformer-serve (got label {label!r}); "
                                    f"use /versions/N or the latest version")
         if version is not None:
-            if not version.isdigit():
+            if not (version.isascii() and version.isdigit()):  # isdigit() alone takes "²" and "١"
                 raise RestError(404, f"Malformed request: {request.method} {request.url.path} (version {version!r} "
                                      f"is not a number)")
             version = int(version)
@@ -137,6 +148,8 @@ class ServingApp:
             return json.loads(text)
         except json.JSONDecodeError as error:
             raise invalid_argument(f"JSON Parse error: {error.msg} at offset {error.pos}") from None
+        except RecursionError:
+            raise invalid_argument("JSON Parse error: arrays or objects nested too deeply") from None
 
     async def predict(self, request, name, version):
         body = await self.read_json(request)
@@ -162,6 +175,9 @@ class ServingApp:
             "models": {n: m.version for n, m in self.repository.loaded_models().items()},
         })
 
+    async def openapi(self, request):
+        return JSONResponse(openapi_description())
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
@@ -182,7 +198,13 @@ def parse_args(argv=None):
     parser.add_argument("--batching-parameters-file", metavar="FILE",
                         help="TF Serving's text-proto batching parameters (max_batch_size { value: 32 } ...)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in args.model_names or []:
+        try:
+            check_model_name(name)
+        except ValueError as error:
+            parser.error(f"--model-name: {error}")
+    return args
 
 
 def main(argv=None):

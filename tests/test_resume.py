@@ -170,7 +170,9 @@ class PoisonWeights(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if int(self.model.optimizer.iterations.numpy()) == self.at:
             weights = self.model.trainable_variables[0]
-            weights.assign(keras.ops.where(keras.ops.arange(weights.shape[0])[:, None] == 1, np.nan, weights))
+            poisoned = keras.ops.convert_to_numpy(weights).copy()
+            poisoned[1] = np.nan
+            weights.assign(poisoned)
 
 
 def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
