@@ -104,54 +104,55 @@ def backup_files(run_dir):
 
 
 def test_killed_runs_resume_and_end_with_the_uninterrupted_weights(tmp_path):
+    """TensorFlow: three kills, then equality with a run never killed. JAX and torch: two
+    kills, then the run completes (equal weights are only promised on TensorFlow)."""
+    tensorflow = keras.backend.backend() == "tensorflow"
     validation = validation_file(tmp_path)
     reference = tmp_path / "reference"
-    rc, output = run_training(train_command(reference, validation))
-    assert rc == 0, output
-    steps = load_progress(reference / "backup").step
-    steps_per_epoch = steps // 3
-    assert steps_per_epoch >= 5, steps
+    if tensorflow:
+        rc, output = run_training(train_command(reference, validation))
+        assert rc == 0, output
 
-    # Three kills, each followed by the same command: at a random step inside the
-    # first epoch, half-way through writing a checkpoint, and between renaming a
-    # weights file into place and writing state.json.
+    # Kills, each followed by the same command: at a random step inside the first epoch,
+    # half-way through writing a checkpoint, and (TensorFlow) between renaming a
+    # checkpoint into place and writing the state.json that names it.
     run = tmp_path / "killed"
-    kill_step = random.Random(7).randrange(4, steps_per_epoch)  # after the save at step 3
-    faults = [f"step:{kill_step}", "in_save:2", "before_state:2"]
-    if keras.backend.backend() != "tensorflow":
-        faults = faults[:2]
+    kill_step = random.Random(7).randrange(4, 9)  # after the save at step 3, inside epoch 1 (>= 9 steps)
+    faults = [f"step:{kill_step}", "in_save:2"] + (["before_state:2"] if tensorflow else [])
     resumed_at = []
     for fault in faults:
         rc, output = run_training(train_command(run, validation), kill=fault)
         assert rc == -signal.SIGKILL, f"{fault}: the armed kill did not happen (rc={rc})\n{output[-3000:]}"
         progress = load_progress(run / "backup")
         resumed_at.append(progress.step)
-        # Never a truncated file: only the checkpoint state.json names, plus leftovers
-        # of the killed write (temporaries, an unnamed weights file), removed on restart.
+        # Never a truncated file: state.json names a complete checkpoint; the killed
+        # write's leftovers (a temporary, an unnamed .npz) are removed on restart.
         names = backup_files(run)
         assert "state.json" in names and progress.weights in names, names
-        model = keras.saving.load_model(os.path.join(run, "last.keras")) if (run / "last.keras").exists() else None
-        assert model is None or model.count_params() > 0
+        with np.load(run / "backup" / progress.weights) as saved:
+            assert len(saved.files) > 0
     rc, output = run_training(train_command(run, validation))
     assert rc == 0, output
     assert f"resuming at step {resumed_at[-1]}" in output
+    steps_per_epoch = int(output.split(" steps per epoch")[0].rsplit(" ", 1)[1])
+    assert steps_per_epoch >= 9
     assert resumed_at[0] == kill_step // 3 * 3, (kill_step, resumed_at)  # the last save before the kill
-    assert resumed_at == sorted(resumed_at) and resumed_at[-1] < steps, resumed_at
+    assert resumed_at == sorted(resumed_at) and resumed_at[-1] < 3 * steps_per_epoch, resumed_at
     progress = load_progress(run / "backup")
-    assert progress.step == steps and progress.finished == 3
+    assert progress.step == 3 * steps_per_epoch and progress.finished == 3
     assert backup_files(run) == sorted(["state.json", progress.weights])
-    assert len(progress.history["loss"]) == 3  # the epochs of all four processes
-
-    for side in ("source", "target"):  # same tokenizers, so the weights mean the same
-        assert (run / "tokenizers" / f"{side}.vocab").read_text() == (reference / "tokenizers" / f"{side}.vocab").read_text()
-    expected, resumed = final_weights(reference), final_weights(run)
-    assert len(expected) == len(resumed)
-    if keras.backend.backend() == "tensorflow":
+    assert len(progress.history["loss"]) == 3  # the epochs of all the processes
+    resumed = final_weights(run)
+    assert all(np.isfinite(w).all() for w in resumed)
+    if tensorflow:
+        assert load_progress(reference / "backup").step == progress.step
+        for side in ("source", "target"):  # same tokenizers, so the weights mean the same
+            assert (run / "tokenizers" / f"{side}.vocab").read_text() == \
+                (reference / "tokenizers" / f"{side}.vocab").read_text()
+        expected = final_weights(reference)
+        assert len(expected) == len(resumed)
         for a, b in zip(expected, resumed):
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
-    else:
-        # JAX and torch: the run resumes and completes; equality is only promised on TensorFlow.
-        assert all(np.isfinite(w).all() for w in resumed)
 
 
 def tiny_config(run_dir, **changes):
@@ -251,6 +252,7 @@ def file_digests(folder):
     return digests
 
 
+@pytest.mark.backend_independent  # the checkpoint files are written by NumPy and Python on every backend
 def test_a_full_disk_while_checkpointing_names_the_file_and_keeps_the_previous_checkpoint(tmp_path):
     from faults import python_command, small_disk
 
