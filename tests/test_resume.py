@@ -3,7 +3,6 @@ checkpoint writes, a loss that becomes NaN, a full disk. The run resumes where i
 stopped and ends with the weights of a run never interrupted."""
 
 import gzip
-import json
 import os
 import random
 import signal
