@@ -282,3 +282,16 @@ def test_a_full_disk_while_checkpointing_names_the_file_and_keeps_the_previous_c
     assert rc == 0, output
     assert f"resuming at step {progress.step} (epoch 2)" in output
     assert load_progress(run / "backup").finished == 2
+
+
+def test_a_run_stopped_by_its_time_budget_goes_on_from_the_same_step(tmp_path):
+    config = tiny_config(tmp_path, epochs=2, time_budget_minutes=1e-6)  # stops after the first step
+    metrics = train(config)
+    progress = load_progress(tmp_path / "backup")
+    assert metrics["stopped_by_time_budget"] and not progress.finished
+    assert (progress.step, progress.epoch, progress.epoch_step) == (1, 0, 1)  # epoch 1 is not counted done
+    assert progress.history == {}
+    resumed = train(tiny_config(tmp_path, epochs=2))
+    progress = load_progress(tmp_path / "backup")
+    assert resumed["total_steps"] == progress.step and progress.step % 2 == 0
+    assert progress.epoch == 2 and progress.finished == 2 and len(progress.history["loss"]) == 2

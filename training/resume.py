@@ -145,16 +145,20 @@ class TrainingState(keras.callbacks.Callback):
             if name in logs and not math.isfinite(float(logs[name])):
                 self._stop(f"{name} became {float(logs[name])}")
         progress = self.progress
+        if "val_loss" in logs:
+            progress.best = min(progress.best, float(logs["val_loss"]))
+        if progress.epoch_step < self.steps_per_epoch:
+            # Cut short (a time budget): the next run goes on from this step of the epoch.
+            self.save()
+            return
         progress.epoch, progress.epoch_step = epoch + 1, 0
         for name, value in logs.items():
             progress.history.setdefault(name, []).append(float(value))
-        if "val_loss" in logs:
-            progress.best = min(progress.best, float(logs["val_loss"]))
         self.save()
 
     def on_train_end(self, logs=None):
-        # Stopped early (EarlyStopping, a time budget) or done: keep what was trained since the last save.
-        if self.progress.epoch_step:
+        # Stopped early (a time budget) or done: keep what was trained since the last save.
+        if self.saved_step != self.progress.step:
             self.save()
 
     def finish(self, epochs):
