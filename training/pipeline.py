@@ -130,6 +130,11 @@ def make_dataset(
     return dataset.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def count_tokens(dataset):
-    """Non-padding target tokens in one pass over `dataset` (for tokens/s figures)."""
-    return int(sum(np.count_nonzero(labels) for _, labels in dataset.as_numpy_iterator()))
+def epoch_size(dataset):
+    """`(batches, non-padding target tokens)` of one pass over `dataset` (for steps per
+    epoch and tokens/s figures), counted in a single pass."""
+    batches = tokens = 0
+    for _, labels in dataset.as_numpy_iterator():
+        batches += 1
+        tokens += int(np.count_nonzero(labels))
+    return batches, tokens

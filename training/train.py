@@ -32,7 +32,7 @@ from training.corpus_reader import read_corpus
 from training.distribute import data_parallel
 from training.files import WriteError, atomic_write
 from training.loss import MaskedAccuracy, MaskedLabelSmoothedCrossEntropy, Perplexity
-from training.pipeline import count_tokens, make_dataset
+from training.pipeline import epoch_size, make_dataset
 from training.resume import NonFiniteLossError, TrainingState, load_progress, restore
 from training.schedule import paper_optimizer
 from training.tokenizers import load_tokenizer, save_tokenizer, train_sentencepiece
@@ -175,9 +175,7 @@ def train(config: TrainConfig, callbacks=()):
 
     validation_data = dataset(validation_pairs, False)
     validation_data = validation_data.apply(known_length(sum(1 for _ in validation_data)))
-    first_epoch = dataset(train_pairs, True, epochs=(0, 1))
-    tokens_per_epoch = count_tokens(first_epoch)
-    steps_per_epoch = sum(1 for _ in first_epoch)
+    steps_per_epoch, tokens_per_epoch = epoch_size(dataset(train_pairs, True, epochs=(0, 1)))
     if progress.step != progress.epoch * steps_per_epoch + progress.epoch_step:
         raise RuntimeError(f"{backup}: the saved state (step {progress.step}, epoch {progress.epoch}) does not "
                            f"match {steps_per_epoch} steps per epoch; was the data or batch_tokens changed?")
