@@ -19,7 +19,7 @@ tensorflow, jax and torch with `--backends`):
 on one fixed batch of `--batch` sentences of `--length` tokens a side (64 x 64 = 4096 tokens, the
 TrainConfig default batch_tokens) with vocabularies of `--vocab-size` (TrainConfig's 8000).
 
-Server rows: a process that only imports export.server, then `python -m export.server`
+Server rows: a process that only imports export.serving.server, then `python -m export.serving.server`
 serving the exported run (see benchmarks/serving_load.py for the export): VmRSS when ready
 (model loaded, warmup requests replayed) and VmHWM after `--server-requests` requests of 32
 sentences each. The serving_load benchmark's own server memory under concurrent load is in
@@ -98,7 +98,7 @@ def training_child(preset_name, batch, length, vocab_size, steps):
 
 
 def server_imports_child():
-    import export.server  # noqa: F401
+    import export.serving.server  # noqa: F401
 
     return {"after_imports": memory_mb()}
 
@@ -115,7 +115,7 @@ def run_child(args, backend):
 
 
 def measure_server(version_path, requests, sentences):
-    """VmRSS of a ready `export.server` and its VmHWM after `requests` predict calls of 32 sentences."""
+    """VmRSS of a ready `export.serving.server` and its VmHWM after `requests` predict calls of 32 sentences."""
     from tests.serving_helpers import ServerProcess, http
 
     base_dir = os.path.dirname(os.path.dirname(version_path))
@@ -204,7 +204,7 @@ def main(argv=None):
         f"loss, token metrics, TrainConfig jit_compile=False, so JAX runs its step un-jitted as kerasformer-train "
         f"does), `train_on_batch` {args.steps} times; 'after imports' has TensorFlow and keras-hub loaded in every "
         f"backend because the input pipeline needs them.",
-        "Server: 'after imports' is a process that only imports export.server; 'after build' is the server ready "
+        "Server: 'after imports' is a process that only imports export.serving.server; 'after build' is the server ready "
         "(SavedModel loaded, warmup replayed); the peak is after the predict calls, without batching.",
         "peak - imports: the peak minus the import baseline of the same row.",
     ]

@@ -9,8 +9,8 @@ What it does, in order:
      `--base-dir` (default build/bench/saved_models), or reuses the newest version there when
      it is newer than the run's best.keras. Without a run folder it first trains a tiny run
      (`python -m training.train --preset tiny --epochs 1 --max-train-pairs 200`).
-  2. Starts `python -m export.server` on a free loopback port, once without batching and once
-     with `--enable-batching --batching-parameters-file export/serving_config/batching_parameters.txt`
+  2. Starts `python -m export.serving.server` on a free loopback port, once without batching and once
+     with `--enable-batching --batching-parameters-file export/serving/config/batching_parameters.txt`
      (the file the README gives TensorFlow Serving).
   3. For each client count N, N asyncio clients (one keep-alive connection each) post
      `{"instances": [sentence]}` back to back, a sentence at a time from the English side of
@@ -47,7 +47,7 @@ from benchmarks.results import write_table  # noqa: E402
 from tests.serving_helpers import ServerProcess, http  # noqa: E402
 from training.corpus_reader import read_corpus  # noqa: E402
 
-BATCHING_FILE = os.path.join(ROOT, "export", "serving_config", "batching_parameters.txt")
+BATCHING_FILE = os.path.join(ROOT, "export", "serving", "config", "batching_parameters.txt")
 TEST_CORPUS = os.path.join(ROOT, "training", "corpus", "en-es", "test.tsv.gz")
 BENCH_DIR = os.path.join(ROOT, "build", "bench")
 
@@ -277,7 +277,7 @@ def main(argv=None):
         f"sentence per request from the test split ({len(sentences)} sentences, in order), {args.warmup:g} s warm-up "
         f"then {args.duration:g} s measured per row.",
         "Every answer was checked: HTTP 200 with a non-empty translation; errors must be 0.",
-        f"batching: --enable-batching --batching-parameters-file export/serving_config/batching_parameters.txt "
+        f"batching: --enable-batching --batching-parameters-file export/serving/config/batching_parameters.txt "
         f"({batching}).",
         "req/graph call: predict requests per graph call, from /kerasformer/stats (1.0 = nothing merged); "
         "tokens/s: target tokens generated per second.",

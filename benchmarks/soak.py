@@ -8,9 +8,9 @@ What it does, in order:
   1. Without `--model-base-path`, saves the fake SavedModel of tests/serving_helpers.py (the real
      export's signatures, arithmetic for answers: it saves in seconds and answers exactly
      predictably) into a temporary folder; with one, serves NAME's newest version from it.
-  2. Starts `python -m export.server` on a free loopback port with `--max-request-bytes`
+  2. Starts `python -m export.serving.server` on a free loopback port with `--max-request-bytes`
      64 KiB (so a 413 costs 80 KB, not megabytes), and with `--enable-batching`: the
-     batching file export/serving_config/batching_parameters.txt.
+     batching file export/serving/config/batching_parameters.txt.
   3. `--clients` threads, one keep-alive `http.client` connection each, send requests back to
      back, each thread walking the same weighted, shuffled schedule of request kinds from its
      own offset: `--warmup` seconds not counted, then `--seconds` counted. Every answer must
@@ -478,7 +478,7 @@ def write_results(record, name="soak"):
     latency = record["valid_latency_ms"]
     notes = [
         f"kerasformer-serve (one process, {'with' if record['batching'] else 'without'} batching"
-        f"{': export/serving_config/batching_parameters.txt' if record['batching'] else ''}, --max-request-bytes "
+        f"{': export/serving/config/batching_parameters.txt' if record['batching'] else ''}, --max-request-bytes "
         f"{record['max_request_bytes']}) serving {record['model']}" + (
             ": the fake SavedModel with the real export's signatures and arithmetic answers, not a Transformer; "
             "latencies are the server's overhead, not translation time." if record["fake_model"] else "."),
@@ -516,7 +516,7 @@ def parse_args(argv=None):
     parser.add_argument("--model-base-path", help="serve a real export from here (default: the fake model)")
     parser.add_argument("--model-name", help="the model under --model-base-path")
     parser.add_argument("--enable-batching", action="store_true",
-                        help="serve with --enable-batching and export/serving_config/batching_parameters.txt")
+                        help="serve with --enable-batching and export/serving/config/batching_parameters.txt")
     parser.add_argument("--output", default="soak", help="results file stem (default: soak)")
     args = parser.parse_args(argv)
     if (args.model_base_path is None) != (args.model_name is None):

@@ -92,7 +92,7 @@ class ExportError(OSError):
 def next_version(model_dir):
     """1 + the largest version folder in `model_dir` (1 if none), version folders
     as the server sees them."""
-    from export.model_repository import version_folders
+    from export.serving.model_repository import version_folders
 
     return max(version_folders(model_dir), default=0) + 1
 
@@ -119,7 +119,7 @@ def export_run(
 
     Raises ValueError for a name that is not one plain folder name (`..`, `a/b`).
     """
-    from export.model_repository import check_model_name
+    from export.serving.model_repository import check_model_name
 
     check_model_name(name)
     if keras.backend.backend() != "tensorflow":
@@ -147,7 +147,7 @@ def export_model(model, source_model, target_model, model_dir, version=None, max
     there are untouched and nothing of this one is left."""
     import tensorflow as tf
 
-    from export.model_repository import version_folders
+    from export.serving.model_repository import version_folders
     from export.serving_ops import check_servable_ops
     from export.translation_module import TranslationModule
 
@@ -305,7 +305,7 @@ def main(argv=None):
     parser.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the warmup file")
     parser.add_argument("--print-json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    from export.model_repository import check_model_name
+    from export.serving.model_repository import check_model_name
 
     try:
         check_model_name(args.name)

@@ -83,7 +83,7 @@ def http(method, url, body=None, headers=None, timeout=60):
 
 
 class ServerProcess:
-    """`python -m export.server` on a free port; `url`; `log()` reads its stderr so far."""
+    """`python -m export.serving.server` on a free port; `url`; `log()` reads its stderr so far."""
 
     def __init__(self, tmp_path, base_path, *extra_args, model="fake"):
         self.port = free_port()
@@ -93,7 +93,7 @@ class ServerProcess:
         env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "export.server", "--model-base-path", str(base_path),
+                [sys.executable, "-m", "export.serving.server", "--model-base-path", str(base_path),
                  "--port", str(self.port), *extra_args],
                 cwd=REPOSITORY_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             )

@@ -21,7 +21,7 @@ from test_train import tiny_config
 
 from export.exporter import WARMUP_FILE, export_run
 from export.serving_ops import check_servable_ops, classify_ops, graph_op_types
-from kerasformer.serving import ServingClient
+from export.serving.client import ServingClient
 from training.train import train
 from training.translator import Translator
 
@@ -306,9 +306,9 @@ def test_the_shipped_model_server_config_files_parse():
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
-    from export.batching import BatchingParameters, parse_batching_parameters
+    from export.serving.batching import BatchingParameters, parse_batching_parameters
 
-    folder = os.path.join(ROOT, "export", "serving_config")
+    folder = os.path.join(ROOT, "export", "serving", "config")
     config = text_format.Parse(open(os.path.join(folder, "models.config")).read(),
                                model_server_config_pb2.ModelServerConfig())
     (model,) = config.model_config_list.config

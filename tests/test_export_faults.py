@@ -20,7 +20,7 @@ from serving_helpers import ServerProcess, http, save_fake_model, wait_for
 from test_train import tiny_config
 
 from export.exporter import EXPORT_ERROR_PREFIX, WARMUP_FILE, WORK_FOLDER, _exporting
-from export.model_repository import version_folders
+from export.serving.model_repository import version_folders
 from training.train import train
 
 pytestmark = pytest.mark.backend_independent  # see tests/run.sh

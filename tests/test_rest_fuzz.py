@@ -1,7 +1,7 @@
 """kerasformer-serve against its published OpenAPI description, and kept inside its base folder.
 
-- The description (export/openapi.py) is what the server answers at /kerasformer/openapi.json and
-  what export/openapi.json holds.
+- The description (export/serving/openapi.py) is what the server answers at /kerasformer/openapi.json and
+  what export/serving/openapi.json holds.
 - Schemathesis generates requests from the served description (valid ones and ones that break
   it) and checks every answer against it: status, content type, body schema, and no 5xx but the
   documented 500 from inside a graph. The server must still answer afterwards, with no Python
@@ -71,15 +71,15 @@ def assert_error_answer(status, answer, statuses=(400, 404)):
 
 
 def test_committed_description_is_the_generated_one():
-    from export.openapi import JSON_FILE, openapi_description
+    from export.serving.openapi import JSON_FILE, openapi_description
 
     with open(JSON_FILE, encoding="utf-8") as file:
         committed = json.load(file)
-    assert committed == openapi_description(), "export/openapi.json is stale: run python -m export.openapi --write"
+    assert committed == openapi_description(), "export/serving/openapi.json is stale: run python -m export.serving.openapi --write"
 
 
 def test_served_description(server):
-    from export.openapi import openapi_description
+    from export.serving.openapi import openapi_description
 
     status, answer = http("GET", f"{server.url}/kerasformer/openapi.json")
     assert status == 200
@@ -283,15 +283,16 @@ def test_deeply_nested_json_is_400(server):
 def test_float_input_out_of_range_is_400():
     """Found reading the server: a JSON integer too large for a float (10**400) raised
     OverflowError (500) for a DT_FLOAT input (kerasformer's translate_beam alpha)."""
-    from export.rest_codec import RestError, SignatureSpec, TensorSpec, parse_predict_request
+    from export.serving.status import StatusError
+from export.serving.rest_codec import SignatureSpec, TensorSpec, parse_predict_request
 
     signature = SignatureSpec("s", {"alpha": TensorSpec("DT_FLOAT", ())}, {}, {})
     _, arrays, _ = parse_predict_request({"inputs": {"alpha": 0.5}}, {"s": signature}, "s")
     assert arrays["alpha"] == np.float32(0.5)
     for value in (10**400, -(10**400)):
-        with pytest.raises(RestError) as error:
+        with pytest.raises(StatusError) as error:
             parse_predict_request({"inputs": {"alpha": value}}, {"s": signature}, "s")
-        assert error.value.status == 400 and "inputs.alpha" in error.value.message
+        assert error.value.http_status == 400 and "inputs.alpha" in error.value.message
 
 
 # --- path traversal ----------------------------------------------------------------------------
@@ -370,7 +371,7 @@ def test_traversal_touches_no_file(model_tree, monkeypatch):
     import tensorflow as tf
 
     from export import model_repository
-    from export.server import ServingApp
+    from export.serving.server import ServingApp
 
     base = str(model_tree / "saved_models")
     repository = model_repository.ModelRepository(base, poll_seconds=3600)
@@ -409,7 +410,7 @@ BAD_NAMES = ["", ".", "..", "../outside", "a/b", "/abs/path", "a\\b", "..\\outsi
 
 
 def test_check_model_name():
-    from export.model_repository import check_model_name
+    from export.serving.model_repository import check_model_name
 
     for name in GOOD_NAMES:
         assert check_model_name(name) == name
@@ -420,14 +421,14 @@ def test_check_model_name():
 
 
 def test_repository_refuses_bad_model_names(model_tree):
-    from export.model_repository import ModelRepository
+    from export.serving.model_repository import ModelRepository
 
     with pytest.raises(ValueError, match=r"'\.\./outside'"):
         ModelRepository(str(model_tree / "saved_models"), ["fake", "../outside"])
 
 
 def test_serve_refuses_bad_model_names(capsys):
-    from export.server import parse_args
+    from export.serving.server import parse_args
 
     assert parse_args(["--model-name", "fake", "--model-name", "kerasformer_en_es"]).model_names == [
         "fake", "kerasformer_en_es"]

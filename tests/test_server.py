@@ -1,4 +1,4 @@
-"""kerasformer-serve (export/server.py) against a fake SavedModel, through real HTTP.
+"""kerasformer-serve (export/serving/server.py) against a fake SavedModel, through real HTTP.
 
 One server without batching and one with batching start once for the file (per xdist worker
 that runs its tests): subprocesses under the TensorFlow backend whatever KERAS_BACKEND the tests
@@ -22,7 +22,7 @@ from serving_helpers import (
     wait_for,
 )
 
-from export.batching import BatchingParameters, parse_batching_parameters, trim_padding
+from export.serving.batching import BatchingParameters, parse_batching_parameters, trim_padding
 
 pytestmark = pytest.mark.backend_independent  # see tests/run.sh
 

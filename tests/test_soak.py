@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from benchmarks.soak import failures, soak, tensorflow_leak_mb
-from export.batching import Batcher, BatchingParameters
-from export.rest_codec import RestError, SignatureSpec, TensorSpec
+from export.serving.batching import Batcher, BatchingParameters
+from export.serving.status import StatusError
+from export.serving.rest_codec import SignatureSpec, TensorSpec
 
 pytestmark = pytest.mark.backend_independent  # see tests/run.sh
 
@@ -70,7 +71,7 @@ class UpperCaser:
         text = inputs["text"]
         self.calls.append(len(text))
         if b"__fail__" in text.tolist():
-            raise RestError(400, "asked to fail")
+            raise StatusError("INVALID_ARGUMENT", "asked to fail")
         return {"translation": np.array([t.upper() for t in text], dtype=object)}
 
 
@@ -92,5 +93,5 @@ def test_batching_failure_reaches_only_the_failing_request():
     first, failed, third = asyncio.run(requests())
     assert model.calls[0] == 4  # merged into one call, which failed
     assert first["translation"].tolist() == [b"A"]
-    assert isinstance(failed, RestError) and failed.status == 400
+    assert isinstance(failed, StatusError) and failed.http_status == 400
     assert third["translation"].tolist() == [b"B", b"C"]

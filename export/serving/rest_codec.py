@@ -20,13 +20,15 @@ it out; otherwise the request is refused with 400. An input left out everywhere 
 stored in the SignatureDef's `defaults`.
 
 This module knows nothing of TensorFlow: a signature is described by `SignatureSpec`, built
-from the SignatureDef by `export.model_repository`.
+from the SignatureDef by `export.serving.model_repository`.
 """
 
 import base64
 import dataclasses
 
 import numpy as np
+
+from export.serving.status import internal, invalid_argument
 
 # SignatureDef dtype names -> NumPy dtypes this server can read from and write to JSON.
 NUMPY_DTYPES = {
@@ -40,20 +42,6 @@ NUMPY_DTYPES = {
 
 # TensorFlow's largest tensor rank (TensorShape::MaxDimensions()).
 MAX_RANK = 254
-
-
-class RestError(Exception):
-    """A request that gets an HTTP error answer `{"error": message}` with `status`."""
-
-    def __init__(self, status, message):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def invalid_argument(message):
-    """TensorFlow Serving's INVALID_ARGUMENT, answered with HTTP 400."""
-    return RestError(400, message)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,8 +293,8 @@ def format_predict_response(outputs, row_format):
         return {"outputs": {name: _to_json(array, name) for name, array in outputs.items()}}
     sizes = {name: (array.shape[0] if array.ndim else None) for name, array in outputs.items()}
     if len(set(sizes.values())) != 1 or None in sizes.values():
-        raise RestError(
-            500, f"outputs cannot be split into one prediction per instance: batch sizes (axis 0) {sizes}"
+        raise internal(
+            f"outputs cannot be split into one prediction per instance: batch sizes (axis 0) {sizes}"
         )
     columns = {name: _to_json(array, name) for name, array in outputs.items()}
     if len(columns) == 1:

@@ -1,13 +1,13 @@
 """The OpenAPI 3.1 description of kerasformer-serve's REST API.
 
-kerasformer-serve (`export/server.py`) implements a subset of TensorFlow Serving's REST API
+kerasformer-serve (`export/serving/server.py`) implements a subset of TensorFlow Serving's REST API
 (https://www.tensorflow.org/tfx/serving/api_rest); `openapi_description()` describes exactly
 that subset, plus the two paths of its own under `/kerasformer/`. The server answers it at
 `GET /kerasformer/openapi.json`, the tests fuzz the server against it (tests/test_rest_fuzz.py),
-and a copy is kept in `export/openapi.json` for readers and other tools:
+and a copy is kept in `export/serving/openapi.json` for readers and other tools:
 
-    python -m export.openapi            # print it
-    python -m export.openapi --write    # rewrite export/openapi.json
+    python -m export.serving.openapi            # print it
+    python -m export.serving.openapi --write    # rewrite export/serving/openapi.json
 
 TensorFlow Serving's custom methods put a colon after the last path parameter
 (`/v1/models/{name}:predict`). OpenAPI allows a template expression followed by literal text in
@@ -21,7 +21,7 @@ import argparse
 import json
 import os
 
-from export.model_repository import MODEL_NAME
+from export.serving.model_repository import MODEL_NAME
 
 JSON_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "openapi.json")
 
@@ -325,13 +325,13 @@ def openapi_description():
 
 
 def to_json(description):
-    """The text of export/openapi.json: indented, keys in the order written here, one final newline."""
+    """The text of export/serving/openapi.json: indented, keys in the order written here, one final newline."""
     return json.dumps(description, indent=2, ensure_ascii=False) + "\n"
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m export.openapi", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--write", action="store_true", help="write export/openapi.json instead of printing")
+    parser = argparse.ArgumentParser(prog="python -m export.serving.openapi", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--write", action="store_true", help="write export/serving/openapi.json instead of printing")
     args = parser.parse_args(argv)
     text = to_json(openapi_description())
     if args.write:

@@ -14,10 +14,10 @@ INTERNAL/UNKNOWN/DATA_LOSS -> 500). Version labels (`/labels/L`) are not support
 
 Two paths outside TF Serving's API: `GET /kerasformer/stats` counts requests and graph calls
 (to see batching merge requests), and `GET /kerasformer/openapi.json` answers the OpenAPI 3.1
-description of all of the above (`export/openapi.py`).
+description of all of the above (`export/serving/openapi.py`).
 
 A model name in a path only selects among the models loaded; nothing is read from disk for it.
-`--model-name` takes plain folder names only (`export.model_repository.check_model_name`).
+`--model-name` takes plain folder names only (`export.serving.model_repository.check_model_name`).
 
 Usage:
     kerasformer-serve --model-base-path saved_models [--model-name NAME ...] [--port 8501]
@@ -37,10 +37,11 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from export.batching import Batcher, BatchingParameters, parse_batching_parameters
-from export.model_repository import ModelRepository, check_model_name
-from export.openapi import openapi_description
-from export.rest_codec import RestError, format_predict_response, invalid_argument, parse_predict_request
+from export.serving.batching import Batcher, BatchingParameters, parse_batching_parameters
+from export.serving.model_repository import ModelRepository, check_model_name
+from export.serving.openapi import openapi_description
+from export.serving.rest_codec import format_predict_response, parse_predict_request
+from export.serving.status import StatusError, invalid_argument
 
 log = logging.getLogger("kerasformer.serve")
 
@@ -92,20 +93,20 @@ class ServingApp:
     async def models(self, request):
         try:
             return await self._models(request)
-        except RestError as error:
-            return error_response(error.status, error.message)
+        except StatusError as error:
+            return error_response(error.http_status, error.message)
 
     async def _models(self, request):
         match = MODEL_PATH.match(request.path_params["path"])
         if match is None:
-            raise RestError(404, f"Malformed request: {request.method} {request.url.path}")
+            raise invalid_argument(f"Malformed request: {request.method} {request.url.path}")
         name, version, label, suffix = match.group("name", "version", "label", "suffix")
         if label is not None:
             raise invalid_argument(f"model version labels are not supported by kerasformer-serve (got label {label!r}); "
                                    f"use /versions/N or the latest version")
         if version is not None:
             if not (version.isascii() and version.isdigit()):  # isdigit() alone takes "²" and "١"
-                raise RestError(404, f"Malformed request: {request.method} {request.url.path} (version {version!r} "
+                raise invalid_argument(f"Malformed request: {request.method} {request.url.path} (version {version!r} "
                                      f"is not a number)")
             version = int(version)
         if request.method == "GET" and suffix is None:
@@ -120,7 +121,7 @@ class ServingApp:
             return await self.predict(request, name, version)
         if request.method == "POST" and suffix in (":classify", ":regress"):
             raise invalid_argument(f"{suffix[1:]} is not supported by kerasformer-serve; use :predict")
-        raise RestError(404, f"Malformed request: {request.method} {request.url.path}")
+        raise invalid_argument(f"Malformed request: {request.method} {request.url.path}")
 
     async def read_json(self, request):
         """The body as JSON; 413 past max_request_bytes (read in chunks, never all buffered)."""
@@ -138,8 +139,8 @@ class ServingApp:
             else:
                 chunks.append(chunk)
         if too_large:
-            raise RestError(413, f"request body of {declared or size} bytes exceeds --max-request-bytes="
-                                 f"{self.max_request_bytes}")
+            raise StatusError("RESOURCE_EXHAUSTED", f"request body of {declared or size} bytes exceeds --max-request-bytes="
+                                                     f"{self.max_request_bytes}", http_status=413)
         try:
             text = b"".join(chunks).decode("utf-8")
         except UnicodeDecodeError as error:

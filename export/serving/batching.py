@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from export.rest_codec import RestError
+from export.serving.status import StatusError, internal, unavailable
 
 log = logging.getLogger("kerasformer.serve")
 
@@ -158,7 +158,7 @@ class Batcher:
         batch = self._open.get(key)
         if batch is None or batch.rows + rows > self.parameters.max_batch_size:
             if self._waiting >= self.parameters.max_enqueued_batches:
-                raise RestError(503, "The batch scheduling queue to which this task was submitted is full")
+                raise unavailable("The batch scheduling queue to which this task was submitted is full")
             if batch is not None:
                 batch.full.set()  # it cannot take this request: let it run now
             batch = _Batch(self.parameters.max_batch_size)
@@ -197,8 +197,8 @@ class Batcher:
                 return
         for name, array in outputs.items():
             if array.ndim == 0 or array.shape[0] != batch.rows:
-                error = RestError(
-                    500, f"output {name!r} has shape {list(array.shape)}: cannot split it into the rows "
+                error = internal(
+                    f"output {name!r} has shape {list(array.shape)}: cannot split it into the rows "
                     f"of a merged batch of {batch.rows}"
                 )
                 for _, _, future in tasks:

@@ -27,23 +27,17 @@ from google.protobuf import json_format
 from tensorflow.core.framework import types_pb2
 from tensorflow.python.tools import saved_model_utils
 
-from export.rest_codec import RestError, SignatureSpec, TensorSpec, fill_defaults
+from export.serving.rest_codec import SignatureSpec, TensorSpec, fill_defaults
+from export.serving.status import StatusError, not_found
 
 log = logging.getLogger("kerasformer.serve")
 
-# How TensorFlow Serving turns a TensorFlow status code into an HTTP status.
-_HTTP_STATUS = {
-    tf.errors.INVALID_ARGUMENT: 400,
-    tf.errors.FAILED_PRECONDITION: 400,
-    tf.errors.OUT_OF_RANGE: 400,
-    tf.errors.NOT_FOUND: 404,
-    tf.errors.ALREADY_EXISTS: 409,
-    tf.errors.PERMISSION_DENIED: 403,
-    tf.errors.UNAUTHENTICATED: 401,
-    tf.errors.RESOURCE_EXHAUSTED: 429,
-    tf.errors.UNIMPLEMENTED: 501,
-    tf.errors.UNAVAILABLE: 503,
-    tf.errors.DEADLINE_EXCEEDED: 504,
+# TensorFlow's error codes (tf.errors.INVALID_ARGUMENT == 3, ...) are absl's status codes.
+_STATUS_CODE = {
+    getattr(tf.errors, name): name
+    for name in ("CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+                 "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+                 "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED")
 }
 
 
@@ -133,7 +127,7 @@ class LoadedModel:
         """Calls one signature. inputs: {name: np.ndarray}, every input given (defaults filled).
 
         Returns {output name: np.ndarray}. A TensorFlow error raised inside the graph becomes a
-        `RestError` with TF Serving's HTTP status for its code (INVALID_ARGUMENT -> 400,
+        `StatusError` with TensorFlow's error code (INVALID_ARGUMENT -> HTTP 400,
         INTERNAL, UNKNOWN, DATA_LOSS, ... -> 500) and TensorFlow's message.
         """
         spec = self.signatures[signature_name]
@@ -146,7 +140,7 @@ class LoadedModel:
         try:
             outputs = self._functions[signature_name](**tensors)
         except tf.errors.OpError as error:
-            raise RestError(_HTTP_STATUS.get(error.error_code, 500), error.message) from None
+            raise StatusError(_STATUS_CODE.get(error.error_code, "UNKNOWN"), error.message) from None
         return {name: np.asarray(tensor.numpy()) for name, tensor in sorted(outputs.items())}
 
 
@@ -214,7 +208,7 @@ class ModelRepository:
             model = self._serving.get(name)
         if model is None or (version is not None and model.version != version):
             wanted = f"Latest({name})" if version is None else f"Specific({name}, {version})"
-            raise RestError(404, f"Servable not found for request: {wanted}")
+            raise not_found(f"Servable not found for request: {wanted}")
         return model
 
     def status(self, name, version=None):
@@ -227,7 +221,7 @@ class ModelRepository:
             records = {v: r for v, r in records.items() if v == version}
         if not records:
             wanted = f"Latest({name})" if version is None else f"Specific({name}, {version})"
-            raise RestError(404, f"Servable not found for request: {wanted}")
+            raise not_found(f"Servable not found for request: {wanted}")
         order = sorted(records, key=lambda v: (serving is None or v != serving.version, -v))
         return [
             {
