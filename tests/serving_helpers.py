@@ -1,12 +1,16 @@
 """Shared by the serving tests: a fake kerasformer SavedModel and a server subprocess.
 
-The fake has the signatures of the real export (`serving_default`: text, max_length ->
-translation, tokens, length; `translate_tokens`: tokens, max_length -> tokens, length) with
-arithmetic a test can predict:
+The fake has the signatures of the real export (see the README's signature table), every input
+with a leading batch dimension, as the real model server requires:
+    serving_default       text [batch]                      -> translation, tokens, length
+    translate_max_length  text [batch], max_length [batch]  -> translation, tokens, length
+    translate_tokens      tokens [batch, n]                 -> tokens, length
+with arithmetic a test can predict:
     translation = upper-cased text + suffix (the suffix tells versions apart)
-    tokens      = the text's Unicode code points, first max_length, 0-padded to the longest row
+    tokens      = the text's Unicode code points, first max_length (default DEFAULT_MAX_LENGTH,
+                  per row in translate_max_length), 0-padded to the longest row
     length      = how many code points were kept
-and for `translate_tokens` every non-zero id plus one, first max_length, 0-padded.
+and for `translate_tokens` every non-zero id plus one, first DEFAULT_MAX_LENGTH, 0-padded.
 The text "__fail__" fails an assertion in the graph (INVALID_ARGUMENT), "__crash__" fails a
 zlib decode (DATA_LOSS).
 """
@@ -33,26 +37,40 @@ def save_fake_model(path, suffix="!"):
             super().__init__()
             self.suffix = tf.Variable(suffix)
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([], tf.int32)])
-        def serve(self, text, max_length=tf.constant(DEFAULT_MAX_LENGTH)):
+        def translate(self, text, max_length):
             tf.debugging.assert_equal(tf.reduce_any(tf.equal(text, "__fail__")), False, message="asked to fail")
             crash = tf.reduce_any(tf.equal(text, "__crash__"))
             text = tf.cond(crash, lambda: tf.io.decode_compressed(text, compression_type="ZLIB"), lambda: text)
-            codes = tf.strings.unicode_decode(text, "UTF-8")[:, :max_length]
+            codes = tf.strings.unicode_decode(text, "UTF-8")
+            kept = tf.minimum(codes.row_lengths(), tf.cast(max_length, tf.int64))
+            codes = tf.RaggedTensor.from_tensor(codes.to_tensor(0), lengths=kept)
             return {
                 "translation": tf.strings.join([tf.strings.upper(text), self.suffix]),
                 "tokens": codes.to_tensor(0),
                 "length": tf.cast(codes.row_lengths(), tf.int32),
             }
 
-        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([], tf.int32)])
-        def translate_tokens(self, tokens, max_length=tf.constant(DEFAULT_MAX_LENGTH)):
-            rows = (tf.RaggedTensor.from_tensor(tokens, padding=0) + 1)[:, :max_length]
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+        def serve(self, text):
+            return self.translate(text, tf.fill(tf.shape(text), DEFAULT_MAX_LENGTH))
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text"),
+                                      tf.TensorSpec([None], tf.int32, name="max_length")])
+        def translate_max_length(self, text, max_length):
+            return self.translate(text, max_length)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="tokens")])
+        def translate_tokens(self, tokens):
+            rows = (tf.RaggedTensor.from_tensor(tokens, padding=0) + 1)[:, :DEFAULT_MAX_LENGTH]
             return {"tokens": rows.to_tensor(0), "length": tf.cast(rows.row_lengths(), tf.int32)}
 
     module = FakeTranslator()
     tf.saved_model.save(
-        module, str(path), signatures={"serving_default": module.serve, "translate_tokens": module.translate_tokens}
+        module, str(path), signatures={
+            "serving_default": module.serve,
+            "translate_max_length": module.translate_max_length,
+            "translate_tokens": module.translate_tokens,
+        }
     )
 
 
