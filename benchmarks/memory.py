@@ -121,7 +121,7 @@ def measure_server(version_path, requests, sentences):
     base_dir = os.path.dirname(os.path.dirname(version_path))
     name = os.path.basename(os.path.dirname(version_path))
     with tempfile.TemporaryDirectory() as logs:
-        server = ServerProcess(logs, base_dir, "--model-name", name, "--log-level", "warning", model=name)
+        server = ServerProcess(logs, base_dir, "--log-level", "warning", model=name)
         try:
             server.wait_until_ready(timeout=300)
             ready = memory_mb(server.process.pid)

@@ -10,7 +10,7 @@ What it does, in order:
      it is newer than the run's best.keras. Without a run folder it first trains a tiny run
      (`python -m training.train --preset tiny --epochs 1 --max-train-pairs 200`).
   2. Starts `python -m export.serving.server` on a free loopback port, once without batching and once
-     with `--enable-batching --batching-parameters-file export/serving/config/batching_parameters.txt`
+     with `--enable_batching --batching_parameters_file export/serving/config/batching_parameters.txt`
      (the file the README gives TensorFlow Serving).
   3. For each client count N, N asyncio clients (one keep-alive connection each) post
      `{"instances": [sentence]}` back to back, a sentence at a time from the English side of
@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import itertools
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -39,16 +38,16 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # also runnable as `python benchmarks/serving_load.py`
-    sys.path.insert(0, ROOT)
+for path in (ROOT, os.path.join(ROOT, "tests")):  # also runnable as `python benchmarks/serving_load.py`
+    if path not in sys.path:
+        sys.path.insert(0, path)
 
 from benchmarks.memory import memory_mb  # noqa: E402
 from benchmarks.results import write_table  # noqa: E402
-from tests.serving_helpers import ServerProcess, http  # noqa: E402
+from serving_helpers import ServerProcess, http  # noqa: E402
+from soak_helpers import BATCHING_FILE, TEST_CORPUS, percentile  # noqa: E402
 from training.corpus_reader import read_corpus  # noqa: E402
 
-BATCHING_FILE = os.path.join(ROOT, "export", "serving", "config", "batching_parameters.txt")
-TEST_CORPUS = os.path.join(ROOT, "training", "corpus", "en-es", "test.tsv.gz")
 BENCH_DIR = os.path.join(ROOT, "build", "bench")
 
 
@@ -103,14 +102,6 @@ def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def percentile(sorted_values, fraction):
-    """Nearest-rank percentile of an already sorted list."""
-    if not sorted_values:
-        return float("nan")
-    index = min(len(sorted_values) - 1, max(0, math.ceil(fraction * len(sorted_values)) - 1))
-    return sorted_values[index]
 
 
 async def drive(url, sentences, clients, seconds):
@@ -170,7 +161,7 @@ def measure_server(mode, extra_args, args, sentences, version_path):
     name = os.path.basename(os.path.dirname(version_path))
     rows, records = [], []
     with tempfile.TemporaryDirectory() as logs:
-        server = ServerProcess(logs, base_dir, "--model-name", name, "--log-level", "warning", *extra_args, model=name)
+        server = ServerProcess(logs, base_dir, *extra_args, model=name)
         try:
             server.wait_until_ready(timeout=300)
             pid = server.process.pid
@@ -255,7 +246,7 @@ def main(argv=None):
     load = os.getloadavg()
 
     rows, records, memories = [], [], []
-    servers = {"no batching": [], "batching": ["--enable-batching", "--batching-parameters-file",
+    servers = {"no batching": [], "batching": ["--enable_batching", "--batching_parameters_file",
                                                args.batching_parameters_file]}
     for mode in args.modes:
         mode_rows, mode_records, memory = measure_server(mode, servers[mode], args, sentences, version_path)
@@ -277,7 +268,7 @@ def main(argv=None):
         f"sentence per request from the test split ({len(sentences)} sentences, in order), {args.warmup:g} s warm-up "
         f"then {args.duration:g} s measured per row.",
         "Every answer was checked: HTTP 200 with a non-empty translation; errors must be 0.",
-        f"batching: --enable-batching --batching-parameters-file export/serving/config/batching_parameters.txt "
+        f"batching: --enable_batching --batching_parameters_file export/serving/config/batching_parameters.txt "
         f"({batching}).",
         "req/graph call: predict requests per graph call, from /kerasformer/stats (1.0 = nothing merged); "
         "tokens/s: target tokens generated per second.",

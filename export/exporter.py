@@ -6,29 +6,40 @@ translated text out, the whole greedy loop inside one graph.
 
 writes `saved_models/NAME/VERSION/`, the layout the model server watches:
 
-    saved_model.pb        the graph and its three signatures (below)
+    saved_model.pb        the graph and its five signatures (below)
     variables/            the trained weights
     assets/               source.model/.vocab, target.model/.vocab (SentencePiece)
     assets.extra/tf_serving_warmup_requests
                           PredictionLogs the server replays before taking traffic
 
-Signatures (inputs with a default may be left out of a request):
+Signatures. Every input has a leading batch dimension and is required (no
+SignatureDef defaults: the model server's REST API honours none, and its
+batching refuses rank-0 inputs); every output is batch-major, so the batching
+server can merge requests and split the answers (batching/batching_util.h).
 
-    serving_default   text        string [batch]          the sentences to translate
-                      max_length  int32 scalar, default   most target tokens ([END] included),
-                                  the decoder's length    clipped to [1, decoder max_length]
+    serving_default   text        string [batch]          the sentences to translate, greedy
                    -> translation string [batch]
                       tokens      int32 [batch, width]    target ids without [END], 0-padded
                       length      int32 [batch]           ids per row
-    translate_tokens  tokens      int32 [batch, width]    source ids, 0-padded
-                      max_length  as above
-                   -> tokens, length as above
-    translate_beam    text, max_length as in serving_default
-                      beam_size   int32 scalar, default 4 hypotheses per sentence, 1..16
-                      alpha       float32 scalar,         length penalty ((5+|Y|)/6)^alpha
-                                  default 0.6
+    translate_max_length
+                      text        string [batch]
+                      max_length  int32 [batch]           each row's most target tokens ([END]
+                                                          included): < 1 is INVALID_ARGUMENT,
+                                                          above the decoder's max_length clipped
+                   -> translation, tokens, length as in serving_default
+    translate_beam    text        string [batch]          beam search, beam size and length
+                                                          penalty fixed here (--beam-size, --alpha)
                    -> translation, tokens, length as in serving_default
                       score       float32 [batch]         log P(Y|X) / lp(Y) of each translation
+    translate_beam_max_length
+                      text, max_length as in translate_max_length
+                   -> translation, tokens, length, score as in translate_beam
+    translate_tokens  tokens      int32 [batch, n]        source ids, 0-padded (a row ends at its
+                                                          first 0), greedy
+                   -> tokens, length as in serving_default
+
+The signatures without a max_length input stop at --max-length (default: the
+decoder's max_length).
 
 Sources longer than the encoder's max_length tokens are truncated (as in
 training). Tokenization and detokenization are the run's keras-hub
@@ -65,10 +76,17 @@ import tempfile
 import keras
 
 DEFAULT_BASE_DIR = "saved_models"
-SIGNATURES = ("serving_default", "translate_tokens", "translate_beam")
+# The beam search of the translate_beam signatures: the paper's (section 6.1).
+BEAM_SIZE, ALPHA = 4, 0.6
+SIGNATURES = (
+    "serving_default", "translate_max_length", "translate_beam", "translate_beam_max_length", "translate_tokens",
+)
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-# Replayed by the model server at load time (one batch of mixed lengths).
+# Replayed by the model server at load time (one batch of mixed lengths), with one
+# max_length per text where the signature takes it, and 0-ended token rows.
 WARMUP_TEXTS = ("Hello.", "In the beginning, God created the heavens and the earth.", "")
+WARMUP_MAX_LENGTHS = (4, 16, 1)
+WARMUP_TOKENS = ((5, 6, 7, 0), (8, 0, 0, 0))
 # The exporter's own work folders: only these are ever removed as leftovers.
 WORK_FOLDER = re.compile(r"\.tmp-\d+-pid\d+-")
 # How a full disk (or quota, or file size limit) reaches a writer: as an OSError, or as a
@@ -105,6 +123,8 @@ def export_run(
     checkpoint="best",
     max_length=None,
     warmup=True,
+    beam_size=BEAM_SIZE,
+    alpha=ALPHA,
 ):
     """Exports `RUN_DIR/{checkpoint}.keras` and the run's tokenizers to
     `base_dir/name/version/` and returns that path.
@@ -114,16 +134,21 @@ def export_run(
         name: the model name the server answers to.
         version: the version number; by default the next free one. An existing
             version is never overwritten (FileExistsError).
-        max_length: default of the `max_length` input (default: the decoder's).
+        max_length: the limit of the signatures without a `max_length` input
+            (default: the decoder's max_length).
         warmup: write `assets.extra/tf_serving_warmup_requests`.
+        beam_size, alpha: the beam search of the `translate_beam` signatures:
+            hypotheses per sentence, in [1, vocab_size), and the length
+            penalty's exponent, >= 0 (default: the paper's, 4 and 0.6).
 
     Raises ValueError for a name that is not one plain folder name (`..`, `a/b`).
     """
-    from export.serving.model_repository import check_model_name
+    from export.serving.model_config import check_model_name
 
     check_model_name(name)
     if keras.backend.backend() != "tensorflow":
-        return _export_in_tensorflow_process(run_dir, name, base_dir, version, checkpoint, max_length, warmup)
+        return _export_in_tensorflow_process(run_dir, name, base_dir, version, checkpoint, max_length, warmup,
+                                             beam_size, alpha)
     from training.translator import load_run_model, run_files  # also registers kerasformer's layers
 
     model_path, source_model, target_model = run_files(run_dir, checkpoint)
@@ -135,13 +160,17 @@ def export_run(
         version=version,
         max_length=max_length,
         warmup=warmup,
+        beam_size=beam_size,
+        alpha=alpha,
     )
 
 
-def export_model(model, source_model, target_model, model_dir, version=None, max_length=None, warmup=True):
+def export_model(model, source_model, target_model, model_dir, version=None, max_length=None, warmup=True,
+                 beam_size=BEAM_SIZE, alpha=ALPHA):
     """Exports a `build_seq2seq` model with its SentencePiece model files
     (`.model`, a `.vocab` listing beside each is copied too) to
     `model_dir/version/` atomically; returns that path. TensorFlow backend only.
+    `max_length`, `beam_size`, `alpha`: as in `export_run`.
 
     Raises `ExportError` when the disk (or quota) is full; the versions already
     there are untouched and nothing of this one is left."""
@@ -173,8 +202,7 @@ def export_model(model, source_model, target_model, model_dir, version=None, max
                 listing = os.path.splitext(path)[0] + ".vocab"
                 if os.path.exists(listing):
                     shutil.copyfile(listing, os.path.join(vocabularies, f"{side}.vocab"))
-            module = TranslationModule(model, vocabularies, max_length=max_length)
-            # tf.functions, not concrete functions: only these carry the defaults.
+            module = TranslationModule(model, vocabularies, max_length, beam_size, alpha)
             signatures = {name: getattr(module, name) for name in SIGNATURES}
             tf.saved_model.save(module, staging, signatures=signatures)
             check_servable_ops(staging)
@@ -248,19 +276,30 @@ def _fsync_tree(root, files=True):
                 os.close(descriptor)
 
 
-def write_warmup_requests(saved_model_dir, model_name, texts=WARMUP_TEXTS):
+def write_warmup_requests(saved_model_dir, model_name):
     """Writes `assets.extra/tf_serving_warmup_requests`: one PredictionLog per
-    signature, so the server runs every graph once before it takes traffic."""
+    signature, so the server runs every graph once before it takes traffic.
+
+    Each request carries exactly its signature's inputs, each with the same
+    batch dimension: the model server replays them through the Predict path
+    (servables/tensorflow/saved_model_warmup.cc), which refuses a missing or
+    extra input (predict_util.cc VerifyRequestInputsSize), and a failed warmup
+    fails the load."""
     import tensorflow as tf
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
     path = os.path.join(saved_model_dir, WARMUP_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    text = tf.make_tensor_proto([t.encode("utf-8") for t in WARMUP_TEXTS], dtype=tf.string)
+    max_length = tf.make_tensor_proto(list(WARMUP_MAX_LENGTHS), dtype=tf.int32)
     inputs = {
-        "serving_default": {"text": tf.make_tensor_proto([t.encode("utf-8") for t in texts], dtype=tf.string)},
-        "translate_tokens": {"tokens": tf.make_tensor_proto([[5, 6, 7], [8, 0, 0]], dtype=tf.int32)},
-        "translate_beam": {"text": tf.make_tensor_proto([t.encode("utf-8") for t in texts], dtype=tf.string)},
+        "serving_default": {"text": text},
+        "translate_max_length": {"text": text, "max_length": max_length},
+        "translate_beam": {"text": text},
+        "translate_beam_max_length": {"text": text, "max_length": max_length},
+        "translate_tokens": {"tokens": tf.make_tensor_proto([list(row) for row in WARMUP_TOKENS], dtype=tf.int32)},
     }
+    assert tuple(inputs) == SIGNATURES
     with tf.io.TFRecordWriter(path) as writer:
         for signature, tensors in inputs.items():
             request = predict_pb2.PredictRequest(
@@ -272,7 +311,7 @@ def write_warmup_requests(saved_model_dir, model_name, texts=WARMUP_TEXTS):
             writer.write(log.SerializeToString())
 
 
-def _export_in_tensorflow_process(run_dir, name, base_dir, version, checkpoint, max_length, warmup):
+def _export_in_tensorflow_process(run_dir, name, base_dir, version, checkpoint, max_length, warmup, beam_size, alpha):
     """Runs this module under KERAS_BACKEND=tensorflow and returns the version path."""
     args = [sys.executable, "-m", "export.exporter", run_dir, "--name", name, "--base-dir", base_dir,
             "--checkpoint", checkpoint, "--print-json"]
@@ -280,6 +319,7 @@ def _export_in_tensorflow_process(run_dir, name, base_dir, version, checkpoint, 
         args += ["--version", str(version)]
     if max_length is not None:
         args += ["--max-length", str(max_length)]
+    args += ["--beam-size", str(beam_size), "--alpha", repr(float(alpha))]
     if not warmup:
         args += ["--no-warmup"]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -301,11 +341,17 @@ def main(argv=None):
     parser.add_argument("--base-dir", default=DEFAULT_BASE_DIR, help="model server base path")
     parser.add_argument("--version", type=int, help="version number (default: the next free one)")
     parser.add_argument("--checkpoint", default="best", help="best or last")
-    parser.add_argument("--max-length", type=int, help="default of the max_length input")
+    parser.add_argument("--max-length", type=int,
+                        help="most target tokens of the signatures without a max_length input "
+                             "(default: the decoder's max_length)")
+    parser.add_argument("--beam-size", type=int, default=BEAM_SIZE,
+                        help=f"hypotheses per sentence of the translate_beam signatures (default {BEAM_SIZE})")
+    parser.add_argument("--alpha", type=float, default=ALPHA,
+                        help=f"length penalty exponent of the translate_beam signatures (default {ALPHA})")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the warmup file")
     parser.add_argument("--print-json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    from export.serving.model_repository import check_model_name
+    from export.serving.model_config import check_model_name
 
     try:
         check_model_name(args.name)
@@ -313,7 +359,7 @@ def main(argv=None):
         parser.error(f"--name: {error}")
     try:
         path = export_run(args.run_dir, args.name, args.base_dir, args.version, args.checkpoint, args.max_length,
-                          args.warmup)
+                          args.warmup, args.beam_size, args.alpha)
     except ExportError as error:
         parser.exit(1, f"{EXPORT_ERROR_PREFIX}{error}\n")
     if args.print_json:

@@ -3,18 +3,22 @@ SignatureDef in a TF1 session, feeding and fetching the tensor names the
 signature lists, with nothing imported but `tensorflow` and `tensorflow_text`.
 
     python export/session_check.py saved_models/kerasformer_en_es/1 "Hello." "Jesus wept."
-    python export/session_check.py DIR --signature translate_tokens --tokens '[[5, 6, 7]]'
+    python export/session_check.py DIR --signature translate_max_length --max-length 5 "Hello."
+    python export/session_check.py DIR --signature translate_tokens --tokens '[[5, 6, 7, 0]]'
     python export/session_check.py DIR --requests requests.json
+    python export/session_check.py DIR --warmup
 
 Prints one JSON object: the outputs by name (or, with --requests, a list of
 {"signature": ..., "inputs": {...}} run in one session, "results" in that
-order) and the top-level modules that were imported, so a test can check that
-no kerasformer/keras-hub code was needed.
+order; with --warmup, the export's own warmup requests, replayed as the model
+server replays them at load time) and the top-level modules that were imported,
+so a test can check that no kerasformer/keras-hub code was needed.
 Run it as a file, not with `-m`, so that the `export` package is not imported.
 """
 
 import argparse
 import json
+import os
 import sys
 
 import tensorflow as tf
@@ -22,20 +26,50 @@ import tensorflow_text  # noqa: F401  (registers the SentencePiece ops, as the m
 
 
 def run_signatures(saved_model_dir, requests):
-    """`requests`: [(signature name, {input name: value})]; inputs left out take
-    the SignatureDef defaults. Returns one {output name: array} per request."""
+    """`requests`: [(signature name, {input name: value})]. Returns one
+    {output name: array} per request.
+
+    Every input of the signature must be fed and no other (ValueError otherwise,
+    with the model server's text); inputs with SignatureDef defaults may be left
+    out, as the server's Predict does (servables/tensorflow/predict_util.cc
+    VerifyRequestInputsSize)."""
     with tf.compat.v1.Session(graph=tf.Graph()) as session:
         meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], saved_model_dir)
         results = []
         for signature_name, feeds in requests:
             signature = meta_graph.signature_def[signature_name]
-            unknown = set(feeds) - set(signature.inputs)
-            if unknown:
-                raise KeyError(f"{signature_name} has no input(s) {sorted(unknown)}; it has {sorted(signature.inputs)}")
+            check_inputs(signature, feeds)
             feed_dict = {signature.inputs[name].name: value for name, value in feeds.items()}
             fetches = {name: info.name for name, info in signature.outputs.items()}
             results.append(session.run(fetches, feed_dict))
         return results
+
+
+def check_inputs(signature, feeds):
+    """Raises ValueError, with predict_util.cc's message, unless `feeds` names
+    exactly the signature's inputs (or leaves out some, if it has defaults)."""
+    sent, expected = set(feeds), set(signature.inputs)
+    if len(sent) > len(expected) or (len(sent) < len(expected) and not signature.defaults):
+        join = lambda names: ",".join(sorted(names))  # noqa: E731
+        raise ValueError(
+            f"input size does not match signature: {len(sent)}!={len(expected)} len({{{join(sent)}}}) != "
+            f"len({{{join(expected)}}}). Sent extra: {{{join(sent - expected)}}}. "
+            f"Missing but required: {{{join(expected - sent)}}}."
+        )
+
+
+def warmup_requests(saved_model_dir):
+    """[(signature name, {input name: array})] of the export's
+    `assets.extra/tf_serving_warmup_requests` (PredictLogs)."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = os.path.join(saved_model_dir, "assets.extra", "tf_serving_warmup_requests")
+    requests = []
+    for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+        request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
+        name = request.model_spec.signature_name or "serving_default"
+        requests.append((name, {key: tf.make_ndarray(proto) for key, proto in request.inputs.items()}))
+    return requests
 
 
 def _feeds(inputs):
@@ -51,27 +85,36 @@ def to_json(value):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("saved_model_dir")
-    parser.add_argument("texts", nargs="*", help="inputs of serving_default")
+    parser.add_argument("texts", nargs="*", help="the text input (every signature but translate_tokens)")
     parser.add_argument("--signature", default="serving_default")
     parser.add_argument("--tokens", help="JSON list of 0-padded id rows (translate_tokens)")
-    parser.add_argument("--max-length", type=int, help="omit to use the signature's default")
+    parser.add_argument("--max-length", type=int,
+                        help="the max_length input, one per text (translate_max_length, translate_beam_max_length)")
     parser.add_argument("--requests", help="JSON file: a list of {signature, inputs}")
-    args = parser.parse_args(argv)
+    parser.add_argument("--warmup", action="store_true", help="replay the export's warmup requests")
+    args = parser.parse_intermixed_args(argv)  # texts after the options too
     modules = lambda: sorted({name.split(".")[0] for name in sys.modules})  # noqa: E731
-    if args.requests:
-        with open(args.requests, encoding="utf-8") as file:
-            requests = [(r["signature"], _feeds(r["inputs"])) for r in json.load(file)]
+    if args.requests or args.warmup:
+        if args.warmup:
+            requests = warmup_requests(args.saved_model_dir)
+        else:
+            with open(args.requests, encoding="utf-8") as file:
+                requests = [(r["signature"], _feeds(r["inputs"])) for r in json.load(file)]
         results = run_signatures(args.saved_model_dir, requests)
-        print(json.dumps({"results": [{k: to_json(v) for k, v in r.items()} for r in results], "modules": modules()}))
+        print(json.dumps({"signatures": [name for name, _ in requests],
+                          "results": [{k: to_json(v) for k, v in r.items()} for r in results], "modules": modules()}))
         return
     feeds = {}
-    if args.signature == "serving_default":
-        feeds["text"] = [t.encode("utf-8") for t in args.texts]
-    else:
+    if args.tokens is not None:
         feeds["tokens"] = json.loads(args.tokens)
+    else:
+        feeds["text"] = [t.encode("utf-8") for t in args.texts]
     if args.max_length is not None:
-        feeds["max_length"] = args.max_length
-    (outputs,) = run_signatures(args.saved_model_dir, [(args.signature, feeds)])
+        feeds["max_length"] = [args.max_length] * len(args.texts)
+    try:
+        (outputs,) = run_signatures(args.saved_model_dir, [(args.signature, feeds)])
+    except ValueError as error:
+        parser.error(str(error))
     print(json.dumps({"outputs": {k: to_json(v) for k, v in outputs.items()}, "modules": modules()}))
 
 

@@ -1,6 +1,17 @@
 """The `tf.Module` that becomes the SavedModel: tokenizer -> encoder -> cached
-greedy loop or beam search -> detokenizer, as three `tf.function` signatures
-(see `export.exporter`)."""
+greedy loop or beam search -> detokenizer, as five `tf.function` signatures
+(the table is in `export.exporter`).
+
+Every input has a leading batch dimension and no signature has defaults: the
+model server's REST API honours no SignatureDef defaults (util/json_tensor.cc
+wants every input in every request), row format stacks each instance's values
+along a new dimension 0, and its batching refuses rank-0 inputs
+(batching/batching_util.h ComputeTensorBatchSize, tensorflow/serving#494). So an
+option of a request is a per-row input of its own signature (`max_length`), and
+the beam search's settings are fixed when the model is exported. Every output is
+batch-major too (dimension 0 = the request's rows), so the batching server can
+split a merged batch's outputs back into its requests (tensorflow/serving#276).
+"""
 
 import os
 
@@ -8,12 +19,6 @@ import tensorflow as tf
 
 from kerasformer.decoding import beam_search, greedy_decode
 from training.tokenizers import END_ID, PAD_ID, START_ID, load_tokenizer
-
-# The paper's beam search (section 6.1), the defaults of `translate_beam`.
-BEAM_SIZE, ALPHA = 4, 0.6
-# A request may ask for at most this many hypotheses per sentence (each one
-# costs a decoder row and a key/value cache).
-MAX_BEAM_SIZE = 16
 
 
 class TranslationModule(tf.Module):
@@ -24,10 +29,15 @@ class TranslationModule(tf.Module):
         vocabularies: a folder with `source.model` and `target.model` (and
             optional `.vocab` listings); every file in it becomes a SavedModel
             asset, so `assets/` documents what the graph tokenizes with.
-        max_length: default of the `max_length` input (default: the decoder's).
+        max_length: the limit of the signatures without a `max_length` input
+            (None: the decoder's max_length).
+        beam_size, alpha: the beam search of `translate_beam` and
+            `translate_beam_max_length` (hypotheses per sentence, in
+            [1, vocab_size); the length penalty's exponent, >= 0). Saved with
+            the module: `tf.saved_model.load(path).beam_size`, `.alpha`.
     """
 
-    def __init__(self, model, vocabularies, max_length=None):
+    def __init__(self, model, vocabularies, max_length, beam_size, alpha):
         super().__init__(name="kerasformer")
         # Track the underlying tf.Variables, not the Keras model (it is set past
         # tf.Module's attribute tracking). Saved through the model, the weights
@@ -39,39 +49,78 @@ class TranslationModule(tf.Module):
         self.model_variables = [v.value for v in model.variables]
         self.max_source_length = model.get_layer("encoder").max_length
         self.max_target_length = model.get_layer("decoder").max_length
-        default = self.max_target_length if max_length is None else int(max_length)
-        if not 1 <= default <= self.max_target_length:
-            raise ValueError(f"max_length={default} must be in [1, {self.max_target_length}] (the decoder's max_length)")
+        self.default_max_length = self.max_target_length if max_length is None else int(max_length)
+        if not 1 <= self.default_max_length <= self.max_target_length:
+            raise ValueError(f"max_length={self.default_max_length} must be in [1, {self.max_target_length}] "
+                             f"(the decoder's max_length)")
+        vocab_size = model.get_layer("decoder").vocab_size
+        if not 1 <= int(beam_size) < vocab_size:
+            raise ValueError(f"beam_size={beam_size} must be in [1, vocab_size={vocab_size})")
+        if not float(alpha) >= 0:
+            raise ValueError(f"alpha={alpha} must be >= 0")
+        # Variables, not constants, so that they are saved with the module (read
+        # them back with tf.saved_model.load(path).beam_size); nothing assigns them.
+        self.beam_size = tf.Variable(int(beam_size), dtype=tf.int32, trainable=False, name="beam_size")
+        self.alpha = tf.Variable(float(alpha), dtype=tf.float32, trainable=False, name="alpha")
         self.source_tokenizer = _exportable(load_tokenizer(os.path.join(vocabularies, "source.model")), "source")
         self.target_tokenizer = _exportable(load_tokenizer(os.path.join(vocabularies, "target.model")), "target")
         self.vocabularies = [tf.saved_model.Asset(os.path.join(vocabularies, n)) for n in sorted(os.listdir(vocabularies))]
 
-        # Defaults of Python arguments become SignatureDef `defaults`, which the
-        # model server fills in for inputs a request leaves out.
-        max_length_spec = tf.TensorSpec([], tf.int32, name="max_length")
+        text_spec = tf.TensorSpec([None], tf.string, name="text")
+        max_length_spec = tf.TensorSpec([None], tf.int32, name="max_length")
+        tokens_spec = tf.TensorSpec([None, None], tf.int32, name="tokens")
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text"), max_length_spec])
-        def serving_default(text, max_length=tf.constant(default)):
-            return self.translate(text, max_length)
+        @tf.function(input_signature=[text_spec])
+        def serving_default(text):
+            return self.translate(text, self.default_max_length)
 
-        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="tokens"), max_length_spec])
-        def translate_tokens(tokens, max_length=tf.constant(default)):
-            return self.decode(tokens, max_length)
+        @tf.function(input_signature=[text_spec, max_length_spec])
+        def translate_max_length(text, max_length):
+            return self.translate(text, self.checked_max_length(max_length, text))
 
-        @tf.function(input_signature=[
-            tf.TensorSpec([None], tf.string, name="text"), max_length_spec,
-            tf.TensorSpec([], tf.int32, name="beam_size"), tf.TensorSpec([], tf.float32, name="alpha"),
-        ])
-        def translate_beam(text, max_length=tf.constant(default), beam_size=tf.constant(BEAM_SIZE),
-                           alpha=tf.constant(ALPHA)):
-            return self.translate(text, max_length, (beam_size, alpha))
+        @tf.function(input_signature=[text_spec])
+        def translate_beam(text):
+            return self.translate(text, self.default_max_length, beam=True)
+
+        @tf.function(input_signature=[text_spec, max_length_spec])
+        def translate_beam_max_length(text, max_length):
+            return self.translate(text, self.checked_max_length(max_length, text), beam=True)
+
+        @tf.function(input_signature=[tokens_spec])
+        def translate_tokens(tokens):
+            return self.decode(tokens, self.default_max_length)
 
         self.serving_default = serving_default
-        self.translate_tokens = translate_tokens
+        self.translate_max_length = translate_max_length
         self.translate_beam = translate_beam
+        self.translate_beam_max_length = translate_beam_max_length
+        self.translate_tokens = translate_tokens
 
-    def translate(self, text, max_length, beam=None):
-        """string `(batch,)` -> {translation, tokens, length} (+ score with `beam`)."""
+    def checked_max_length(self, max_length, text):
+        """The `max_length` input, checked: int32 `(batch,)` in [1, decoder max_length].
+
+        One value per row of `text` (INVALID_ARGUMENT otherwise: without
+        batching nothing else compares the two inputs' rows). A value below 1
+        is INVALID_ARGUMENT naming the values and their rows: no translation
+        has fewer than one token, so it can only be a client's mistake. A value
+        above the decoder's max_length is clipped to it: "as long as the model
+        can", which a client may ask without knowing the model's size.
+        """
+        rows, limits = tf.shape(text)[0], tf.size(max_length)
+        too_small = max_length < 1
+        checks = [
+            tf.debugging.Assert(tf.equal(limits, rows), [tf.strings.format(
+                "max_length has {} values for {} texts; give one per text", (limits, rows))]),
+            tf.debugging.Assert(tf.logical_not(tf.reduce_any(too_small)), [tf.strings.format(
+                "max_length must be at least 1 in every row; got {} in row(s) {}",
+                (tf.boolean_mask(max_length, too_small), tf.where(too_small)[:, 0]), summarize=-1)]),
+        ]
+        with tf.control_dependencies(checks):
+            return tf.minimum(max_length, self.max_target_length)
+
+    def translate(self, text, max_length, beam=False):
+        """string `(batch,)` -> {translation, tokens, length} (+ score with `beam`);
+        `max_length` an int or int32 `(batch,)` (see `decode`)."""
         source = self.source_tokenizer(text)[:, : self.max_source_length]
         encoder_tokens = source.to_tensor(default_value=PAD_ID)
         if_all_empty = [[0, 0], [0, tf.maximum(1 - tf.shape(encoder_tokens)[1], 0)]]
@@ -81,12 +130,23 @@ class TranslationModule(tf.Module):
         translation = self.target_tokenizer.detokenize(ids)
         return {"translation": tf.reshape(translation, [-1]), **outputs}
 
-    def decode(self, encoder_tokens, max_length, beam=None):
+    def decode(self, encoder_tokens, max_length, beam=False):
         """int `(batch, source_length)` -> tokens int32 `(batch, width)` without
         [END], 0-padded to the longest row, and length int32 `(batch,)`; with
-        `beam=(beam_size, alpha)` beam search instead of greedy decoding, and
-        score float32 `(batch,)`, log P(Y | X) / lp(Y) of each translation."""
+        `beam`, beam search instead of greedy decoding, and score float32
+        `(batch,)`, log P(Y | X) / lp(Y) of each translation.
+
+        A source row ends at its first 0: the ids after it are padding whatever
+        they are. The model server's batching pads a request narrower than the
+        others it merges with the request's first id, not 0
+        (batching/batching_util.cc PadTensor, with pad_variable_length_inputs),
+        so a client that ends every row with a 0 gets the same answer merged
+        or alone.
+
+        `max_length`: an int (every row) or int32 `(batch,)` from `checked_max_length`.
+        """
         encoder_tokens = tf.cast(encoder_tokens, tf.int32)[:, : self.max_source_length]
+        encoder_tokens *= tf.math.cumprod(tf.cast(encoder_tokens != PAD_ID, tf.int32), axis=1)
         vocab_size = self.model.get_layer("encoder").vocab_size
         checks = [
             tf.debugging.assert_non_negative(encoder_tokens, message="tokens: negative source id"),
@@ -94,19 +154,12 @@ class TranslationModule(tf.Module):
         ]
         with tf.control_dependencies(checks):
             encoder_tokens = tf.identity(encoder_tokens)
-        max_length = tf.clip_by_value(max_length, 1, self.max_target_length)
         scores = {}
-        if beam is None:
-            tokens = greedy_decode(self.model, encoder_tokens, START_ID, END_ID, max_length)
+        if beam:
+            tokens, scores["score"] = beam_search(
+                self.model, encoder_tokens, START_ID, END_ID, max_length, self.beam_size, self.alpha)
         else:
-            beam_size, alpha = beam
-            with tf.control_dependencies([
-                tf.debugging.assert_greater_equal(beam_size, 1, message="beam_size must be at least 1"),
-                tf.debugging.assert_less_equal(beam_size, MAX_BEAM_SIZE, message=f"beam_size must be at most {MAX_BEAM_SIZE}"),
-                tf.debugging.assert_greater_equal(alpha, 0.0, message="alpha must be >= 0"),
-            ]):
-                beam_size = tf.identity(beam_size)
-            tokens, scores["score"] = beam_search(self.model, encoder_tokens, START_ID, END_ID, max_length, beam_size, alpha)
+            tokens = greedy_decode(self.model, encoder_tokens, START_ID, END_ID, max_length)
         tokens = tf.where(tokens == END_ID, PAD_ID, tokens)  # after [END] every id is already 0
         length = tf.reduce_sum(tf.cast(tokens != PAD_ID, tf.int32), axis=1)
         width = tf.reduce_max(tf.concat([length, [0]], axis=0))

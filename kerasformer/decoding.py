@@ -30,6 +30,31 @@ def best_token(logits):
     return ops.cast(ops.argmax(logits[:, 1:], axis=-1), "int32") + 1
 
 
+def row_limits(max_length, batch_size, decoder_max_length):
+    """Where each row stops, and how long the loop runs.
+
+    Args:
+        max_length: most tokens of a row ([END] included): an int (checked
+            against `decoder_max_length`), a scalar int tensor, or int
+            `(batch,)`, one limit per row. Tensors are not checked here (inside
+            a graph there is no Python value to check): the caller keeps them in
+            [1, decoder_max_length].
+        batch_size: rows being decoded.
+        decoder_max_length: positions the decoder has.
+
+    Returns:
+        `(loop_length, limits)`: the most steps any row takes (the int itself
+        when `max_length` is an int, so shapes stay static; 0 for an empty
+        batch), and int32 `(batch,)`.
+    """
+    if isinstance(max_length, int):
+        if max_length > decoder_max_length:
+            raise ValueError(f"max_length={max_length} exceeds the decoder's max_length={decoder_max_length}")
+        return max_length, ops.full((batch_size,), max_length, dtype="int32")
+    limits = ops.broadcast_to(ops.convert_to_tensor(max_length, dtype="int32"), (batch_size,))
+    return ops.max(limits, initial=0), limits
+
+
 def greedy_decode(model, encoder_tokens, start_id, end_id, max_length):
     """Greedy decoding with a key/value cache.
 
@@ -37,39 +62,39 @@ def greedy_decode(model, encoder_tokens, start_id, end_id, max_length):
         model: a model from `build_seq2seq` (layers named "encoder", "decoder").
         encoder_tokens: int `(batch, source_length)`, 0-padded.
         start_id, end_id: the ids of [START] and [END].
-        max_length: most tokens generated per row ([END] included); at most the
-            decoder's `max_length`. An int, or a scalar int tensor (the exported
-            graph takes it as an input; the caller then bounds it).
+        max_length: most tokens generated per row ([END] included): an int, a
+            scalar int tensor, or int `(batch,)`, one limit per row (see `row_limits`).
 
     Returns:
-        int32 tokens `(batch, max_length)`: each row's tokens up to and including
-        [END], then 0. The loop stops as soon as every row has produced [END].
+        int32 tokens `(batch, loop_length)`, `loop_length` the largest limit: each
+        row's tokens up to and including [END] (or up to its limit), then 0. A row
+        is finished at [END] or at its limit; the loop stops as soon as every row is.
     """
     encoder, decoder = model.get_layer("encoder"), model.get_layer("decoder")
-    if isinstance(max_length, int) and max_length > decoder.max_length:
-        raise ValueError(f"max_length={max_length} exceeds the decoder's max_length={decoder.max_length}")
     encoder_tokens = ops.convert_to_tensor(encoder_tokens, dtype="int32")
     batch_size = ops.shape(encoder_tokens)[0]
+    loop_length, limits = row_limits(max_length, batch_size, decoder.max_length)
     encoder_padding_mask = padding_mask(encoder_tokens)
     cross_attention_cache = decoder.compute_cross_attention_cache(encoder(encoder_tokens))
-    positions = ops.arange(max_length, dtype="int32")
+    positions = ops.arange(loop_length, dtype="int32")
 
     def keep_going(index, inputs, tokens, cache, finished):
-        return ops.logical_and(index < max_length, ops.logical_not(ops.all(finished)))
+        return ops.logical_and(index < loop_length, ops.logical_not(ops.all(finished)))
 
     def step(index, inputs, tokens, cache, finished):
         logits, cache = decoder.decode_step(inputs, index, cache, cross_attention_cache, encoder_padding_mask)
         next_token = ops.where(finished, 0, best_token(logits))
         # tokens[:, index] = next_token, as a select (see attention.write_position).
         tokens = ops.where(ops.equal(positions, index)[None, :], next_token[:, None], tokens)
-        finished = ops.logical_or(finished, ops.equal(next_token, end_id))
+        at_limit = ops.greater_equal(index + 1, limits)
+        finished = ops.logical_or(finished, ops.logical_or(ops.equal(next_token, end_id), at_limit))
         return index + 1, next_token[:, None], tokens, cache, finished
 
     state = (
         ops.convert_to_tensor(0, dtype="int32"),
         ops.full((batch_size, 1), start_id, dtype="int32"),
-        ops.zeros((batch_size, max_length), dtype="int32"),
-        decoder.empty_self_attention_cache(batch_size, max_length),
+        ops.zeros((batch_size, loop_length), dtype="int32"),
+        decoder.empty_self_attention_cache(batch_size, loop_length),
         ops.zeros((batch_size,), dtype="bool"),
     )
     return ops.while_loop(keep_going, step, state)[2]
@@ -117,7 +142,7 @@ def beam_search(model, encoder_tokens, start_id, end_id, max_length, beam_size=4
     the caches of their parents are gathered along. A hypothesis that produced
     [END] is finished: it continues only with padding at no cost, so it keeps
     its score and its place while it is among the best. The loop stops when
-    every hypothesis has finished or at `max_length`; the result of each row is
+    every hypothesis has finished (at [END] or at its sentence's limit); the result of each row is
     the hypothesis with the best log P(Y | X) / lp(Y). With `beam_size=1` this is
     exactly `greedy_decode`.
 
@@ -125,37 +150,38 @@ def beam_search(model, encoder_tokens, start_id, end_id, max_length, beam_size=4
         model: a model from `build_seq2seq`.
         encoder_tokens: int `(batch, source_length)`, 0-padded.
         start_id, end_id: the ids of [START] and [END].
-        max_length: most tokens generated per row ([END] included); an int or a
-            scalar int tensor bounded by the caller.
+        max_length: most tokens generated per row ([END] included): an int, a
+            scalar int tensor, or int `(batch,)`, one limit per sentence (see
+            `row_limits`). At its limit every hypothesis of a sentence is
+            finished, as if the loop had stopped there for that sentence alone.
         beam_size: hypotheses per sentence (an int, or a scalar int tensor under
             TensorFlow); at most `vocab_size - 1`.
         alpha: the length penalty's exponent.
 
     Returns:
-        `(tokens, scores)`: int32 `(batch, max_length)` laid out as in
+        `(tokens, scores)`: int32 `(batch, loop_length)` laid out as in
         `greedy_decode`, and float32 `(batch,)` log P(Y | X) / lp(Y) of each row's
         hypothesis (|Y| counts [END]).
     """
     encoder, decoder = model.get_layer("encoder"), model.get_layer("decoder")
-    if isinstance(max_length, int) and max_length > decoder.max_length:
-        raise ValueError(f"max_length={max_length} exceeds the decoder's max_length={decoder.max_length}")
     if isinstance(beam_size, int) and not 1 <= beam_size < decoder.vocab_size:
         raise ValueError(f"beam_size={beam_size} must be in [1, vocab_size={decoder.vocab_size})")
     encoder_tokens = ops.convert_to_tensor(encoder_tokens, dtype="int32")
     batch_size, vocab_size = ops.shape(encoder_tokens)[0], decoder.vocab_size
     beams = batch_size * beam_size  # hypothesis b of sentence r is row r * beam_size + b
+    loop_length, limits = row_limits(max_length, batch_size, decoder.max_length)
 
     # Every hypothesis of a sentence attends to the same encoder output.
     encoder_padding_mask = ops.repeat(padding_mask(encoder_tokens), beam_size, axis=0)
     encoder_output = ops.repeat(encoder(encoder_tokens), beam_size, axis=0)
     cross_attention_cache = decoder.compute_cross_attention_cache(encoder_output)
-    positions = ops.arange(max_length, dtype="int32")
+    positions = ops.arange(loop_length, dtype="int32")
     is_padding = ops.equal(ops.arange(vocab_size, dtype="int32"), 0)
     only_padding = ops.where(is_padding, 0.0, FORBIDDEN)  # a finished hypothesis' continuations
     first_row = ops.arange(batch_size, dtype="int32")[:, None] * beam_size  # (batch, 1)
 
     def keep_going(index, inputs, tokens, scores, finished, cache):
-        return ops.logical_and(index < max_length, ops.logical_not(ops.all(finished)))
+        return ops.logical_and(index < loop_length, ops.logical_not(ops.all(finished)))
 
     def step(index, inputs, tokens, scores, finished, cache):
         logits, cache = decoder.decode_step(inputs, index, cache, cross_attention_cache, encoder_padding_mask)
@@ -170,6 +196,8 @@ def beam_search(model, encoder_tokens, start_id, end_id, max_length, beam_size=4
         tokens = ops.take_along_axis(tokens, parent[:, :, None], axis=1)
         tokens = ops.where(ops.equal(positions, index)[None, None, :], next_token[:, :, None], tokens)
         finished = ops.logical_or(ops.take_along_axis(finished, parent, axis=1), ops.equal(next_token, end_id))
+        at_limit = ops.greater_equal(index + 1, limits)[:, None]  # (batch, 1): every hypothesis of the sentence
+        finished = ops.logical_or(finished, at_limit)
         return index + 1, ops.reshape(next_token, (beams, 1)), tokens, scores, finished, cache
 
     # At the start only hypothesis 0 is live, so the first step's survivors are
@@ -178,10 +206,10 @@ def beam_search(model, encoder_tokens, start_id, end_id, max_length, beam_size=4
     state = (
         ops.convert_to_tensor(0, dtype="int32"),
         ops.full((beams, 1), start_id, dtype="int32"),
-        ops.zeros((batch_size, beam_size, max_length), dtype="int32"),
+        ops.zeros((batch_size, beam_size, loop_length), dtype="int32"),
         ops.tile(ops.cast(first_scores, "float32"), (batch_size, 1)),
         ops.zeros((batch_size, beam_size), dtype="bool"),
-        decoder.empty_self_attention_cache(beams, max_length),
+        decoder.empty_self_attention_cache(beams, loop_length),
     )
     _, _, tokens, scores, _, _ = ops.while_loop(keep_going, step, state)
     lengths = ops.sum(ops.cast(ops.not_equal(tokens, 0), "int32"), axis=-1)

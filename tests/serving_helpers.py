@@ -101,18 +101,29 @@ def http(method, url, body=None, headers=None, timeout=60):
 
 
 class ServerProcess:
-    """`python -m export.serving.server` on a free port; `url`; `log()` reads its stderr so far."""
+    """`python -m export.serving.server` (kerasformer-serve) on free loopback ports.
+
+    `base_path` is a folder of model folders (BASE/NAME/VERSION/), served with the server's
+    `--all_models_under` extension; pass None and give `--model_config_file=...` or
+    `--model_base_path=...` in `extra_args` to use the real server's flags instead. `url` is the
+    REST API's, `grpc_port` the gRPC API's (`--port`); `model` is the model `wait_until_ready`
+    asks for; `log()` reads the server's output so far.
+    """
 
     def __init__(self, tmp_path, base_path, *extra_args, model="fake"):
         self.port = free_port()
+        self.grpc_port = free_port()
+        while self.grpc_port == self.port:
+            self.grpc_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.model = model
         self.log_path = os.path.join(tmp_path, f"server-{self.port}.log")
         env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+        models = [] if base_path is None else [f"--all_models_under={base_path}"]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "export.serving.server", "--model-base-path", str(base_path),
-                 "--port", str(self.port), *extra_args],
+                [sys.executable, "-m", "export.serving.server", *models, f"--rest_api_port={self.port}",
+                 f"--port={self.grpc_port}", *extra_args],
                 cwd=REPOSITORY_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             )
 

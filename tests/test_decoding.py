@@ -145,3 +145,35 @@ def test_beam_search_finds_a_better_sequence_than_greedy_when_greedy_is_myopic()
 def test_beam_size_must_fit_the_vocabulary(copy_model):
     with pytest.raises(ValueError, match="beam_size=13 must be in"):
         beam_search(copy_model, SOURCES, START, END, max_length=8, beam_size=13)
+
+
+# One limit per row: the batch's largest bounds the loop, and every row stops at
+# its own, exactly as if it were decoded alone with that limit.
+LIMITS = [8, 3, 1, 5]
+
+
+def decoded_alone(decode, sources, limits):
+    """Each row decoded by itself with its own int limit, 0-padded to the longest."""
+    rows = [numpy(decode(sources[i : i + 1], limit))[0] for i, limit in enumerate(limits)]
+    return np.stack([np.pad(row, (0, max(limits) - len(row))) for row in rows])
+
+
+def test_greedy_per_row_limits_equal_decoding_each_row_alone(copy_model):
+    decode = lambda source, limit: greedy_decode(copy_model, source, START, END, max_length=limit)  # noqa: E731
+    tokens = numpy(decode(SOURCES, np.array(LIMITS, "int32")))
+    assert tokens.shape == (4, max(LIMITS))
+    np.testing.assert_array_equal(tokens, decoded_alone(decode, SOURCES, LIMITS))
+    assert END in tokens[0] and END not in tokens[1]  # one row ends by itself, one at its limit
+    # A scalar tensor is every row's limit, as the int is.
+    np.testing.assert_array_equal(numpy(decode(SOURCES, np.array(5, "int32"))), numpy(decode(SOURCES, 5)))
+
+
+def test_beam_search_per_row_limits_equal_searching_each_row_alone(copy_model):
+    def search(source, limit):
+        return beam_search(copy_model, source, START, END, max_length=limit, beam_size=3, alpha=0.6)
+
+    tokens, scores = search(SOURCES, np.array(LIMITS, "int32"))
+    alone = decoded_alone(lambda source, limit: search(source, limit)[0], SOURCES, LIMITS)
+    np.testing.assert_array_equal(numpy(tokens), alone)
+    alone_scores = [numpy(search(SOURCES[i : i + 1], limit)[1])[0] for i, limit in enumerate(LIMITS)]
+    np.testing.assert_allclose(numpy(scores), alone_scores, rtol=1e-4, atol=1e-5)

@@ -1,7 +1,10 @@
 """export.exporter: a trained run becomes a SavedModel that TensorFlow Serving
-loads, whose graph (tokenizer, cached greedy loop, detokenizer) answers exactly
-what the in-process Translator answers -- checked through the SignatureDef in a
-TF1 session, as the model server runs it, in a process without kerasformer.
+loads, whose graph (tokenizer, cached greedy loop or beam search, detokenizer)
+answers exactly what the in-process Translator answers -- checked through the
+SignatureDef in a TF1 session, as the model server runs it, in a process without
+kerasformer -- and whose signatures are what the real model server can feed: every
+input batched and required, every output batch-major, so that row and columnar
+REST requests work and merged batches split back into their requests.
 
 Runs under every backend: under JAX and torch the exporter re-runs itself in a
 TensorFlow-backend process, so these tests show that a model trained under each
@@ -14,14 +17,18 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 from serving_helpers import ServerProcess, http, wait_for
 from test_train import tiny_config
 
-from export.exporter import WARMUP_FILE, export_run
-from export.serving_ops import check_servable_ops, classify_ops, graph_op_types
+from export.exporter import SIGNATURES, WARMUP_FILE, export_run
 from export.serving.client import ServingClient
+from export.serving_ops import check_servable_ops, classify_ops, graph_op_types
+from kerasformer import build_seq2seq, preset
+from kerasformer.decoding import beam_search
+from training.tokenizers import END_ID, START_ID
 from training.train import train
 from training.translator import Translator
 
@@ -32,6 +39,21 @@ TEXTS = [
     "And God said, Let there be light: and there was light, and the evening and the morning were the first day.",
     "",
 ]
+DECODER_MAX_LENGTH = 32  # the tiny preset's
+# One limit per text: cut short, a single token, above the decoder's (clipped to 32), cut short.
+LIMITS = [3, 1, 40, 5]
+
+# The signature table (README, export/exporter.py): inputs and outputs, name -> dtype, rank.
+STRING, INT32, FLOAT = tf.string.as_datatype_enum, tf.int32.as_datatype_enum, tf.float32.as_datatype_enum
+TEXT_OUTPUTS = {"translation": (STRING, 1), "tokens": (INT32, 2), "length": (INT32, 1)}
+BEAM_OUTPUTS = {**TEXT_OUTPUTS, "score": (FLOAT, 1)}
+SIGNATURE_TABLE = {
+    "serving_default": ({"text": (STRING, 1)}, TEXT_OUTPUTS),
+    "translate_max_length": ({"text": (STRING, 1), "max_length": (INT32, 1)}, TEXT_OUTPUTS),
+    "translate_beam": ({"text": (STRING, 1)}, BEAM_OUTPUTS),
+    "translate_beam_max_length": ({"text": (STRING, 1), "max_length": (INT32, 1)}, BEAM_OUTPUTS),
+    "translate_tokens": ({"tokens": (INT32, 2)}, {"tokens": (INT32, 2), "length": (INT32, 1)}),
+}
 
 
 @pytest.fixture(scope="module")
@@ -56,27 +78,31 @@ def translator(run_dir):
 SOURCE_IDS = [[5, 6, 7, 8, 9, 10], [11, 12, 0, 0, 0, 0]]
 
 
-@pytest.fixture(scope="module")
-def session_answers(exported, tmp_path_factory):
-    """The export run by export/session_check.py in a fresh process (TF +
-    tensorflow-text only, TF1 session, SignatureDef tensor names): default
-    max_length, max_length=3, the translate_tokens signature, and translate_beam
-    with its default beam (4) and with beam_size=1."""
-    requests = [
-        {"signature": "serving_default", "inputs": {"text": TEXTS}},
-        {"signature": "serving_default", "inputs": {"text": TEXTS, "max_length": 3}},
-        {"signature": "translate_tokens", "inputs": {"tokens": SOURCE_IDS}},
-        {"signature": "translate_beam", "inputs": {"text": TEXTS}},
-        {"signature": "translate_beam", "inputs": {"text": TEXTS, "beam_size": 1}},
-    ]
-    path = tmp_path_factory.mktemp("requests") / "requests.json"
-    path.write_text(json.dumps(requests))
+def run_session_check(export_path, *args):
+    """export/session_check.py in a fresh process (TF + tensorflow-text only, TF1 session,
+    SignatureDef tensor names); its JSON answer."""
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "export", "session_check.py"), exported[0], "--requests", str(path)],
+        [sys.executable, os.path.join(ROOT, "export", "session_check.py"), export_path, *args],
         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def session_answers(exported, tmp_path_factory):
+    """One request per signature run by export/session_check.py, every input given: the
+    greedy default, per-row limits (LIMITS), translate_tokens, and both beam signatures."""
+    requests = [
+        {"signature": "serving_default", "inputs": {"text": TEXTS}},
+        {"signature": "translate_max_length", "inputs": {"text": TEXTS, "max_length": LIMITS}},
+        {"signature": "translate_tokens", "inputs": {"tokens": SOURCE_IDS}},
+        {"signature": "translate_beam", "inputs": {"text": TEXTS}},
+        {"signature": "translate_beam_max_length", "inputs": {"text": TEXTS, "max_length": LIMITS}},
+    ]
+    path = tmp_path_factory.mktemp("requests") / "requests.json"
+    path.write_text(json.dumps(requests))
+    return run_session_check(exported[0], "--requests", str(path))
 
 
 def test_export_writes_the_model_server_layout(exported):
@@ -95,33 +121,53 @@ def test_weights_are_stored_once(exported, translator):
     assert weight_bytes <= size < 1.2 * weight_bytes
 
 
-def test_warmup_file_holds_a_prediction_log_per_signature(exported):
-    from tensorflow_serving.apis import prediction_log_pb2
-
-    records = list(tf.data.TFRecordDataset(os.path.join(exported[0], WARMUP_FILE)).as_numpy_iterator())
-    logs = [prediction_log_pb2.PredictionLog.FromString(r) for r in records]
-    assert [log.predict_log.request.model_spec.signature_name for log in logs] == [
-        "serving_default", "translate_tokens", "translate_beam"]
-    assert all(log.predict_log.request.model_spec.name == "tiny" for log in logs)
-    assert len(logs[0].predict_log.request.inputs["text"].string_val) == 3
-
-
-def test_signatures_and_the_max_length_default(exported):
+def signature_defs(export_path):
+    """The SignatureDefs of the "serve" MetaGraph, as `saved_model_cli show --all` lists them."""
     from tensorflow.python.tools import saved_model_utils
 
-    signatures = saved_model_utils.get_meta_graph_def(exported[0], "serve").signature_def
-    serving = signatures["serving_default"]
-    assert set(serving.inputs) == {"text", "max_length"}
-    assert set(serving.outputs) == {"translation", "tokens", "length"}
-    assert serving.inputs["text"].dtype == tf.string.as_datatype_enum
-    assert serving.outputs["tokens"].dtype == tf.int32.as_datatype_enum
-    assert set(signatures["translate_tokens"].inputs) == {"tokens", "max_length"}
-    assert tf.make_ndarray(serving.defaults["max_length"]) == 32  # the tiny decoder's max_length
-    beam = signatures["translate_beam"]
-    assert set(beam.inputs) == {"text", "max_length", "beam_size", "alpha"}
-    assert set(beam.outputs) == {"translation", "tokens", "length", "score"}
-    assert tf.make_ndarray(beam.defaults["beam_size"]) == 4  # the paper's beam search
-    assert abs(tf.make_ndarray(beam.defaults["alpha"]) - 0.6) < 1e-6
+    return saved_model_utils.get_meta_graph_def(export_path, "serve").signature_def
+
+
+def test_signature_defs_are_the_table_every_input_batched_and_required(exported):
+    signatures = signature_defs(exported[0])
+    assert set(signatures) - {"__saved_model_init_op"} == set(SIGNATURE_TABLE) == set(SIGNATURES)
+    for name, (inputs, outputs) in SIGNATURE_TABLE.items():
+        signature = signatures[name]
+        assert signature.method_name == "tensorflow/serving/predict", name
+        # The real server honours no defaults over REST (util/json_tensor.cc): none exist.
+        assert not signature.defaults, (name, list(signature.defaults))
+        for tensors, table in ((signature.inputs, inputs), (signature.outputs, outputs)):
+            assert {key: (info.dtype, len(info.tensor_shape.dim)) for key, info in tensors.items()} == table, name
+            for key, info in tensors.items():
+                # Dimension 0 is the batch: inputs for row format and batching
+                # (batching_util.h), outputs for splitting a merged batch.
+                assert not info.tensor_shape.unknown_rank and info.tensor_shape.dim[0].size == -1, (name, key)
+
+
+def test_warmup_requests_send_exactly_each_signatures_inputs_batched(exported):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    signatures = signature_defs(exported[0])
+    records = list(tf.data.TFRecordDataset(os.path.join(exported[0], WARMUP_FILE)).as_numpy_iterator())
+    requests = [prediction_log_pb2.PredictionLog.FromString(r).predict_log.request for r in records]
+    assert [request.model_spec.signature_name for request in requests] == list(SIGNATURES)
+    for request in requests:
+        assert request.model_spec.name == "tiny"
+        signature = signatures[request.model_spec.signature_name]
+        assert set(request.inputs) == set(signature.inputs)
+        rows = set()
+        for key, proto in request.inputs.items():
+            assert proto.dtype == signature.inputs[key].dtype
+            assert len(proto.tensor_shape.dim) == len(signature.inputs[key].tensor_shape.dim) >= 1
+            rows.add(proto.tensor_shape.dim[0].size)
+        assert len(rows) == 1 and rows.pop() >= 1  # one batch size for all the inputs
+
+
+def test_warmup_requests_replay_through_the_signature_defs(exported):
+    # As the model server replays them at load (through Predict, which checks the inputs).
+    answer = run_session_check(exported[0], "--warmup")
+    assert answer["signatures"] == list(SIGNATURES)
+    assert [len(result["length"]) for result in answer["results"]] == [3, 3, 3, 3, 2]
 
 
 def test_session_loader_answers_exactly_what_translate_answers(session_answers, translator):
@@ -137,12 +183,14 @@ def test_session_loader_answers_exactly_what_translate_answers(session_answers, 
     assert not {"kerasformer", "keras_hub", "training", "export"} & set(session_answers["modules"])
 
 
-def test_max_length_input_bounds_the_output(session_answers, translator):
-    answer = {"outputs": session_answers["results"][1]}
-    assert max(answer["outputs"]["length"]) <= 3
+def test_each_row_stops_at_its_own_max_length(session_answers, translator):
+    answer = session_answers["results"][1]
     full = translator.translate_tokens(translator.encode(TEXTS))
-    for row, length, ids in zip(answer["outputs"]["tokens"], answer["outputs"]["length"], full):
-        assert row[:length] == ids[:length]
+    for row, length, ids, limit in zip(answer["tokens"], answer["length"], full, LIMITS):
+        limit = min(limit, DECODER_MAX_LENGTH)  # above the decoder's: clipped
+        # A greedy translation cut at `limit` tokens ([END] included) is a prefix of the whole one.
+        assert length == min(limit, len(ids)), (limit, length, ids)
+        assert row[:length] == ids[:length] and not any(row[length:])
 
 
 def test_translate_tokens_signature_equals_in_process_decoding(session_answers, translator):
@@ -154,13 +202,125 @@ def test_translate_tokens_signature_equals_in_process_decoding(session_answers, 
         assert row[: len(ids)] == ids
 
 
-def test_translate_beam_signature_equals_in_process_beam_search(session_answers, run_dir, translator):
-    beam = Translator.from_run(run_dir, beam_size=4, alpha=0.6)
-    default_beam, beam_of_one = session_answers["results"][3], session_answers["results"][4]
+def test_translate_beam_signatures_equal_in_process_beam_search(session_answers, run_dir):
+    beam = Translator.from_run(run_dir, beam_size=4, alpha=0.6)  # the exporter's defaults
+    default_beam, limited = session_answers["results"][3], session_answers["results"][4]
     assert default_beam["translation"] == beam.translate(TEXTS)
     assert default_beam["length"] == [len(ids) for ids in beam.translate_tokens(beam.encode(TEXTS))]
     assert all(score <= 0 for score in default_beam["score"])  # log-probabilities / lp
-    assert beam_of_one["translation"] == translator.translate(TEXTS)  # beam 1 is greedy
+    for length, limit in zip(limited["length"], LIMITS):
+        assert length <= min(limit, DECODER_MAX_LENGTH)
+    # The row whose limit is clipped to the decoder's is the unlimited search's.
+    for key in ("translation", "score"):
+        assert limited[key][2] == default_beam[key][2], key
+
+
+# Merged batches, on an export whose rows are told apart: an untrained model of the
+# tiny run's shape (the trained tiny model answers nearly the same for every source).
+
+
+@pytest.fixture(scope="module")
+def untrained(run_dir, tmp_path_factory):
+    """(model, loaded SavedModel): random weights with the tiny run's tokenizers, exported by the
+    command line with a beam search of its own (--beam-size 2 --alpha 0). The loaded object is
+    kept referenced while its signatures are called (FACTS: "variables which have been deleted")."""
+    folder = tmp_path_factory.mktemp("untrained")
+    vocab_size = json.load(open(os.path.join(run_dir, "config.json")))["model"]["source_vocab_size"]
+    keras.utils.set_random_seed(1)
+    model = build_seq2seq(preset("tiny", source_vocab_size=vocab_size, target_vocab_size=vocab_size))
+    (folder / "run").mkdir()
+    model.save(str(folder / "run" / "best.keras"))
+    shutil.copytree(os.path.join(run_dir, "tokenizers"), folder / "run" / "tokenizers")
+    result = subprocess.run(
+        [sys.executable, "-m", "export.exporter", str(folder / "run"), "--name", "untrained", "--base-dir",
+         str(folder / "saved_models"), "--beam-size", "2", "--alpha", "0", "--no-warmup", "--print-json"],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "KERAS_BACKEND": "tensorflow"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    import tensorflow_text  # noqa: F401  (the SentencePiece ops, before loading)
+
+    return model, tf.saved_model.load(json.loads(result.stdout.strip().splitlines()[-1])["path"])
+
+
+# Two requests of two rows each, with every input any signature takes.
+REQUEST_A = {"text": TEXTS[:2], "max_length": [5, 9], "tokens": [[5, 6, 7, 0], [8, 0, 0, 0]]}
+REQUEST_B = {"text": TEXTS[2:], "max_length": [2, 40], "tokens": [[9, 10, 11, 12, 13, 0], [14, 15, 0, 0, 0, 0]]}
+
+
+def merge(a, b):
+    """Two requests' inputs as the batching model server merges them: concatenated along
+    dimension 0, a narrower one first padded in the other dimensions with its own first value
+    (batching/batching_util.cc PadTensor: `pad_value(input.flat<T>()(0))`)."""
+    merged = {}
+    for name in a:
+        x, y = np.asarray(a[name]), np.asarray(b[name])
+        width = np.maximum(x.shape, y.shape)
+        pad = lambda t: np.pad(t, [(0, 0)] + [(0, w - n) for w, n in zip(width[1:], t.shape[1:])],  # noqa: E731
+                               constant_values=t.flat[0])
+        merged[name] = np.concatenate([pad(x), pad(y)]) if x.ndim > 1 else np.concatenate([x, y])
+    return merged
+
+
+def call(signature, inputs):
+    """{output: NumPy array} of a loaded signature called with Python inputs."""
+    dtypes = {"text": tf.string, "max_length": tf.int32, "tokens": tf.int32}
+    outputs = signature(**{name: tf.constant(value, dtypes[name]) for name, value in inputs.items()})
+    return {name: value.numpy() for name, value in outputs.items()}
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("name", SIGNATURE_TABLE)
+def test_a_merged_batch_answers_each_request_as_alone(untrained, name):
+    _, loaded = untrained
+    signature = loaded.signatures[name]
+    inputs = SIGNATURE_TABLE[name][0]
+    a, b = ({key: request[key] for key in inputs} for request in (REQUEST_A, REQUEST_B))
+    merged = call(signature, merge(a, b))
+    assert {key: value.shape[0] for key, value in merged.items()} == dict.fromkeys(merged, 4)  # batch-major
+    for rows, request in ((slice(0, 2), a), (slice(2, 4), b)):
+        alone = call(signature, request)
+        for key, value in alone.items():
+            part = merged[key][rows]
+            if key == "tokens":  # the merged answer is as wide as its longest row; the rest is 0
+                width = value.shape[1]
+                np.testing.assert_array_equal(part[:, :width], value, err_msg=name)
+                assert not part[:, width:].any(), name
+            elif key == "score":
+                np.testing.assert_allclose(part, value, rtol=1e-5, err_msg=name)
+            else:
+                np.testing.assert_array_equal(part, value, err_msg=f"{name} {key}")
+    if "max_length" in inputs:
+        # The untrained model never says [END]: each row runs to its own (clipped) limit.
+        np.testing.assert_array_equal(merged["length"], [5, 9, 2, DECODER_MAX_LENGTH])
+
+
+@pytest.mark.backend_independent
+def test_beam_size_and_alpha_are_fixed_at_export(untrained, run_dir):
+    model, loaded = untrained
+    assert (int(loaded.beam_size.numpy()), float(loaded.alpha.numpy())) == (2, 0.0)
+    source = Translator.from_run(run_dir).encode(TEXTS[:3])
+    encoder_tokens = np.zeros((3, max(map(len, source))), "int32")
+    for row, ids in enumerate(source):
+        encoder_tokens[row, : len(ids)] = ids
+    tokens, scores = beam_search(model, encoder_tokens, START_ID, END_ID, DECODER_MAX_LENGTH, beam_size=2, alpha=0.0)
+    tokens = np.where(keras.ops.convert_to_numpy(tokens) == END_ID, 0, keras.ops.convert_to_numpy(tokens))
+    answer = call(loaded.signatures["translate_beam"], {"text": TEXTS[:3]})
+    width = answer["tokens"].shape[1]
+    np.testing.assert_array_equal(answer["tokens"], tokens[:, :width])
+    assert not tokens[:, width:].any()
+    np.testing.assert_allclose(answer["score"], keras.ops.convert_to_numpy(scores), rtol=1e-5)
+
+
+@pytest.mark.backend_independent
+def test_bad_max_length_values_are_invalid_arguments_naming_them(untrained):
+    _, loaded = untrained
+    for name in ("translate_max_length", "translate_beam_max_length"):
+        signature = loaded.signatures[name]
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"max_length must be at least 1 in every row; "
+                                                                 r"got \[0 -3\] in row\(s\) \[0 2\]"):
+            call(signature, {"text": TEXTS[:3], "max_length": [0, 4, -3]})
+        with pytest.raises(tf.errors.InvalidArgumentError, match="max_length has 1 values for 2 texts"):
+            call(signature, {"text": TEXTS[:2], "max_length": [4]})
 
 
 def test_graph_uses_only_ops_the_model_server_has(exported):
@@ -220,10 +380,11 @@ if keras.backend.backend() == "tensorflow":
 
 @pytest.fixture(scope="module")
 def rest_server(exported, tmp_path_factory):
-    """kerasformer-serve over a base path holding a copy of version 1."""
+    """kerasformer-serve, started as tensorflow_model_server is, over a copy of version 1."""
     base = tmp_path_factory.mktemp("rest") / "saved_models"
     shutil.copytree(exported[0], base / "tiny" / "1")
-    process = ServerProcess(base.parent, base, "--poll-seconds", "0.5", model="tiny")
+    process = ServerProcess(base.parent, None, "--model_name=tiny", f"--model_base_path={base / 'tiny'}",
+                            "--file_system_poll_wait_seconds=1", model="tiny")
     try:
         yield process.wait_until_ready(), base
     finally:
@@ -237,14 +398,17 @@ def predict(server, body, path=":predict"):
 @pytest.mark.backend_independent
 def test_rest_answers_equal_in_process_translate_in_both_formats(rest_server, translator):
     server, _ = rest_server
-    assert "3 warmup requests replayed" in server.log()  # as the model server does, before traffic
+    # As the model server does, before traffic: one warmup request per signature.
+    assert f"{len(SIGNATURES)} warmup requests replayed" in server.log()
     expected = translator.translate(TEXTS)  # mixed lengths, and an empty string
-    status, rows = predict(server, {"instances": TEXTS})
+    status, rows = predict(server, {"instances": TEXTS})  # a plain list: serving_default has one input
     assert status == 200, rows
     assert [p["translation"] for p in rows["predictions"]] == expected
     status, columns = predict(server, {"inputs": {"text": TEXTS}})
     assert status == 200, columns
     assert columns["outputs"]["translation"] == expected
+    status, bare = predict(server, {"inputs": TEXTS})  # a bare value: one input
+    assert status == 200 and bare == columns, bare
     ids = translator.translate_tokens(translator.encode(TEXTS))
     assert columns["outputs"]["length"] == [len(i) for i in ids]
     assert [p["length"] for p in rows["predictions"]] == [len(i) for i in ids]
@@ -252,10 +416,33 @@ def test_rest_answers_equal_in_process_translate_in_both_formats(rest_server, tr
 
 
 @pytest.mark.backend_independent
-def test_rest_max_length_and_overlong_input(rest_server, translator):
+def test_rest_rows_with_different_max_lengths_each_stop_at_their_own(rest_server, translator):
     server, _ = rest_server
-    status, answer = predict(server, {"inputs": {"text": TEXTS, "max_length": 2}})
-    assert status == 200 and max(answer["outputs"]["length"]) <= 2
+    full = translator.translate_tokens(translator.encode(TEXTS))
+    expected = [min(limit, DECODER_MAX_LENGTH, len(ids)) for limit, ids in zip(LIMITS, full)]
+    instances = [{"text": text, "max_length": limit} for text, limit in zip(TEXTS, LIMITS)]
+    status, rows = predict(server, {"signature_name": "translate_max_length", "instances": instances})
+    assert status == 200, rows
+    assert [p["length"] for p in rows["predictions"]] == expected
+    for prediction, ids, length in zip(rows["predictions"], full, expected):
+        assert prediction["tokens"][:length] == ids[:length]
+    body = {"signature_name": "translate_max_length", "inputs": {"text": TEXTS, "max_length": LIMITS}}
+    status, columns = predict(server, body)
+    assert status == 200 and columns["outputs"]["length"] == expected, columns
+    assert columns["outputs"]["translation"] == [p["translation"] for p in rows["predictions"]]
+    client = ServingClient(server.url, model="tiny")
+    assert client.translate(TEXTS, max_length=LIMITS) == columns["outputs"]["translation"]
+
+    body["inputs"]["max_length"] = [3, 0, 2, 1]
+    status, answer = predict(server, body)
+    assert status == 400 and "max_length must be at least 1 in every row; got [0] in row(s) [1]" in answer["error"]
+    status, answer = predict(server, {"instances": ["Hello."]})
+    assert status == 200, answer  # the next request is served
+
+
+@pytest.mark.backend_independent
+def test_rest_overlong_and_non_utf8_input(rest_server, translator):
+    server, _ = rest_server
     long_text = "In the beginning God created the heaven and the earth. " * 180  # ~10,000 characters
     status, answer = predict(server, {"instances": [long_text]})
     assert status == 200, answer
@@ -265,40 +452,44 @@ def test_rest_max_length_and_overlong_input(rest_server, translator):
 
 
 @pytest.mark.backend_independent
-def test_rest_beam_search_and_a_bad_beam_size(rest_server, run_dir):
+def test_rest_beam_search_signatures(rest_server, run_dir):
     server, _ = rest_server
-    status, answer = predict(server, {"signature_name": "translate_beam", "inputs": {"text": TEXTS[:2], "beam_size": 2}})
-    assert status == 200, answer
-    beam = Translator.from_run(run_dir, beam_size=2)
-    assert answer["outputs"]["translation"] == beam.translate(TEXTS[:2])
-    assert ServingClient(server.url, model="tiny").translate(TEXTS[:2], beam_size=2) == beam.translate(TEXTS[:2])
-    for bad in (0, 17):
-        status, answer = predict(server, {"signature_name": "translate_beam", "inputs": {"text": ["Hi."], "beam_size": bad}})
-        assert status == 400 and "beam_size must be" in answer["error"], answer
-    status, answer = predict(server, {"signature_name": "translate_beam", "instances": ["Hello."]})
-    assert status == 200, answer  # the next request is served
+    beam = Translator.from_run(run_dir, beam_size=4, alpha=0.6)  # fixed at export: the defaults
+    expected = beam.translate(TEXTS[:2])
+    status, rows = predict(server, {"signature_name": "translate_beam", "instances": TEXTS[:2]})
+    assert status == 200, rows
+    assert [p["translation"] for p in rows["predictions"]] == expected
+    status, columns = predict(server, {"signature_name": "translate_beam_max_length",
+                                       "inputs": {"text": TEXTS[:2], "max_length": [DECODER_MAX_LENGTH, 2]}})
+    assert status == 200, columns
+    assert columns["outputs"]["translation"][0] == expected[0] and columns["outputs"]["length"][1] <= 2
+    assert ServingClient(server.url, model="tiny").translate(TEXTS[:2], beam=True) == expected
 
 
 @pytest.mark.backend_independent
 def test_rest_serves_a_new_version_without_restart_and_never_a_partial_one(rest_server, exported):
     server, base = rest_server
-    # A half-copied folder under a version number: refused, version 1 keeps serving.
-    (base / "tiny" / "3" / "variables").mkdir(parents=True)
-    shutil.copyfile(os.path.join(exported[0], "variables", "variables.index"), base / "tiny" / "3" / "variables" / "variables.index")
-    # A complete folder, appearing by rename as the exporter writes it.
-    shutil.copytree(exported[0], base / "tiny" / ".tmp-2")
-    os.rename(base / "tiny" / ".tmp-2", base / "tiny" / "2")
 
-    def serving_version():
+    def states():
         status, answer = http("GET", f"{server.url}/v1/models/tiny")
-        return status == 200 and answer["model_version_status"][0]["version"]
+        assert status == 200, answer
+        return {entry["version"]: entry["state"] for entry in answer["model_version_status"]}
 
-    wait_for(lambda: serving_version() == "2" or None, timeout=120, message="version 2 to be served")
+    # A half-copied folder under a version number (a copy without the exporter's rename):
+    # refused, version 1 keeps serving.
+    partial = base / "tiny" / "2" / "variables"
+    partial.mkdir(parents=True)
+    shutil.copyfile(os.path.join(exported[0], "variables", "variables.index"), partial / "variables.index")
+    wait_for(lambda: states().get("2") == "END", timeout=120, message="version 2 to be refused")
+    assert states()["1"] == "AVAILABLE"
     status, answer = predict(server, {"instances": ["Jesus wept."]}, path="/versions/2:predict")
-    assert status == 200, answer
-    status, answer = predict(server, {"instances": ["Jesus wept."]}, path="/versions/3:predict")
     assert status == 404 and "error" in answer
-    assert serving_version() == "2"
+    # A complete folder, appearing by rename as the exporter writes it: served in place of 1.
+    shutil.copytree(exported[0], base / "tiny" / ".tmp-3")
+    os.rename(base / "tiny" / ".tmp-3", base / "tiny" / "3")
+    wait_for(lambda: states().get("3") == "AVAILABLE", timeout=120, message="version 3 to be served")
+    status, answer = predict(server, {"instances": ["Jesus wept."]}, path="/versions/3:predict")
+    assert status == 200, answer
 
 
 @pytest.mark.backend_independent
@@ -306,7 +497,7 @@ def test_the_shipped_model_server_config_files_parse():
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
-    from export.serving.batching import BatchingParameters, parse_batching_parameters
+    from export.serving.batching import batching_parameters, parse_batching_parameters
 
     folder = os.path.join(ROOT, "export", "serving", "config")
     config = text_format.Parse(open(os.path.join(folder, "models.config")).read(),
@@ -315,5 +506,5 @@ def test_the_shipped_model_server_config_files_parse():
     assert (model.name, model.base_path, model.model_platform) == (
         "kerasformer_en_es", "/models/kerasformer_en_es", "tensorflow")
     batching = parse_batching_parameters(open(os.path.join(folder, "batching_parameters.txt")).read())
-    assert batching == BatchingParameters(max_batch_size=32, batch_timeout_micros=5000, max_enqueued_batches=100,
+    assert batching == batching_parameters(max_batch_size=32, batch_timeout_micros=5000, max_enqueued_batches=100,
                                           num_batch_threads=2, pad_variable_length_inputs=True)

@@ -73,7 +73,8 @@ EXPORT_ENV = python_env(KERAS_BACKEND="tensorflow")
 def serving_version(server):
     status, answer = http("GET", f"{server.url}/v1/models/{MODEL}")
     assert status == 200, answer
-    return answer["model_version_status"][0]["version"]
+    # A version still loading is listed too (state LOADING), as the real server lists it.
+    return next((s["version"] for s in answer["model_version_status"] if s["state"] == "AVAILABLE"), None)
 
 
 def translate(server, text, version=None):

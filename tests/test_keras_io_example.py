@@ -1,12 +1,12 @@
-"""The keras.io example's model re-implemented for the benchmarks
-(benchmarks/alternatives/keras_io_example.py): the masks its structure relies on
-hold with N layers, so the throughput comparison times a working model."""
+"""The keras.io example's model re-implemented for the benchmarks (tests/keras_io_example.py,
+timed by benchmarks/train_throughput.py): the masks its structure relies on hold with N layers,
+so the throughput comparison times a working model."""
 
 import keras
 import numpy as np
 from conftest import numpy, random_tokens
+from keras_io_example import build_keras_io_seq2seq
 
-from benchmarks.alternatives.keras_io_example import build_keras_io_seq2seq
 from kerasformer import preset
 
 CONFIG = preset("tiny", source_vocab_size=50, target_vocab_size=60)  # 2 layers of each

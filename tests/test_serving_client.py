@@ -45,14 +45,37 @@ def test_translate(server):
         client.translate("hello")
 
 
+def test_translate_sends_only_the_signatures_inputs(server, monkeypatch):
+    """The server is as strict as TensorFlow Serving (every input of the named signature, no
+    other): the client picks the signature whose inputs it sends."""
+    sent = []
+    client = ServingClient(server.url)
+    original = client.predict
+
+    def spy(**kwargs):
+        sent.append(kwargs)
+        return original(**kwargs)
+
+    monkeypatch.setattr(client, "predict", spy)
+    assert client.translate(["hello", "ab"], max_length=[2, 9]) == [expected_translation(t) for t in ["hello", "ab"]]
+    assert client.translate(["hello"], max_length=3) == [expected_translation("hello")]
+    assert [s["signature_name"] for s in sent] == ["translate_max_length"] * 2
+    assert sent[0]["inputs"] == {"text": ["hello", "ab"], "max_length": [2, 9]}
+    assert sent[1]["inputs"] == {"text": ["hello"], "max_length": [3]}
+    with pytest.raises(ValueError, match="max_length has 1 values for 2 texts"):
+        client.translate(["a", "b"], max_length=[1])
+
+
 def test_predict_status_metadata(server):
     client = ServingClient(server.url, version=3)
     assert client.status()["model_version_status"][0]["version"] == "3"
     assert "serving_default" in client.metadata()["metadata"]["signature_def"]["signature_def"]
-    answer = client.predict(inputs={"text": ["abcdef"], "max_length": 2})
+    answer = client.predict(inputs={"text": ["abcdef"], "max_length": [2]}, signature_name="translate_max_length")
     assert answer["outputs"]["tokens"] == [[97, 98]]
+    answer = client.predict(instances=["ab"])  # the one-line form: serving_default has one input
+    assert answer == {"predictions": [{"length": 2, "tokens": [97, 98], "translation": "AB!"}]}
     answer = client.predict(instances=[[5, 0]], signature_name="translate_tokens")
-    assert answer == {"predictions": [{"tokens": [6], "length": 1}]}
+    assert answer == {"predictions": [{"length": 1, "tokens": [6]}]}
     with pytest.raises(ValueError):
         client.predict()
 

@@ -1,13 +1,16 @@
 """A client for a served kerasformer model: TensorFlow Serving's REST API, standard library only.
 
-Works with TensorFlow Serving and with its development stand-in `kerasformer-serve`:
+Works with TensorFlow Serving and with its stand-in `kerasformer-serve`:
 
     client = ServingClient("http://127.0.0.1:8501")
     client.translate(["How are you?"])          # -> ["¿Cómo estás?"]
 
 Command line (one translation per line; texts from the arguments, else from stdin lines):
 
-    kerasformer-translate --server http://127.0.0.1:8501 [--model NAME] [--max-length N] [--beam-size 4] "text" ...
+    kerasformer-translate --server http://127.0.0.1:8501 [--model NAME] [--max-length N] [--beam] "text" ...
+
+Every request it sends is one the real TensorFlow Serving accepts: columnar format with exactly
+the inputs of the signature it names (see `ServingClient.translate`).
 """
 
 import argparse
@@ -92,20 +95,37 @@ class ServingClient:
             body["signature_name"] = signature_name
         return self._request(f"{self._model_url}:predict", body)
 
-    def translate(self, texts, max_length=None, beam_size=None):
-        """Translates a list of strings; max_length (tokens) defaults to the model's own.
-        `beam_size` asks the `translate_beam` signature for beam search (default: greedy)."""
+    def translate(self, texts, max_length=None, beam=False):
+        """Translates a list of strings.
+
+        Chooses the signature whose inputs are exactly what it sends (the real model server
+        wants every input of a signature in every request, and nothing it lacks):
+        `serving_default` (text alone, greedy), `translate_max_length` (text and a per-row
+        `max_length`), and with `beam=True` `translate_beam` / `translate_beam_max_length`
+        (beam size and length penalty fixed when the model was exported).
+
+        Args:
+            texts: a list of strings.
+            max_length: most output tokens; an int for every row or a list with one int per
+                text. None: the model's own limit.
+            beam: beam search instead of greedy decoding.
+
+        Returns:
+            A list of translations, one per text.
+        """
         if isinstance(texts, str):
             raise TypeError("texts must be a list of strings, got one str; wrap it: [text]")
         texts = list(texts)
         if not texts:
             return []
+        signature = "translate_beam" if beam else "serving_default"
         inputs = {"text": texts}
         if max_length is not None:
-            inputs["max_length"] = int(max_length)
-        signature = None
-        if beam_size is not None:
-            inputs["beam_size"], signature = int(beam_size), "translate_beam"
+            limits = [max_length] * len(texts) if isinstance(max_length, int) else list(max_length)
+            if len(limits) != len(texts):
+                raise ValueError(f"max_length has {len(limits)} values for {len(texts)} texts; give one per text")
+            inputs["max_length"] = [int(limit) for limit in limits]
+            signature = "translate_beam_max_length" if beam else "translate_max_length"
         outputs = self.predict(inputs=inputs, signature_name=signature)["outputs"]
         return outputs["translation"] if isinstance(outputs, dict) else outputs
 
@@ -119,7 +139,9 @@ def main(argv=None):
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default: {DEFAULT_MODEL})")
     parser.add_argument("--version", type=int, help="model version (default: the newest served)")
     parser.add_argument("--max-length", type=int, help="maximum output tokens (default: the model's)")
-    parser.add_argument("--beam-size", type=int, help="beam search with this beam (default: greedy)")
+    parser.add_argument("--beam", action=argparse.BooleanOptionalAction, default=False,
+                        help="beam search (the beam size and length penalty the model was exported with); "
+                             "default: greedy")
     parser.add_argument("--batch-size", type=int, default=64, help="texts per request when reading stdin")
     parser.add_argument("--timeout", type=float, default=60, help="seconds to wait for one answer")
     args = parser.parse_args(argv)
@@ -127,7 +149,7 @@ def main(argv=None):
     texts = args.texts or [line.rstrip("\r\n") for line in sys.stdin]
     try:
         for start in range(0, len(texts), args.batch_size):
-            for translation in client.translate(texts[start : start + args.batch_size], args.max_length, args.beam_size):
+            for translation in client.translate(texts[start : start + args.batch_size], args.max_length, args.beam):
                 print(translation, flush=True)
     except ServingError as error:
         print(f"kerasformer-translate: error: {error}", file=sys.stderr)
