@@ -20,6 +20,8 @@ import pytest
 from conformance import CONFORMANCE_MODEL, HALF_PLUS_TWO_MODEL, REAL_EXPORT_MODEL, Difference, Row, check_row, \
     real_export_server, row_id, summary  # noqa: F401  (real_export_server is a fixture)
 
+pytestmark = pytest.mark.backend_independent  # see tests/run.sh
+
 PREDICT = f"/v1/models/{CONFORMANCE_MODEL}:predict"
 CLASSIFY = f"/v1/models/{HALF_PLUS_TWO_MODEL}:classify"
 REGRESS = f"/v1/models/{HALF_PLUS_TWO_MODEL}:regress"

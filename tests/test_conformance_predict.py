@@ -22,6 +22,8 @@ from tensorflow.core.framework import tensor_pb2, types_pb2
 from export.serving import predict
 from export.serving.status import StatusError
 
+pytestmark = pytest.mark.backend_independent  # see tests/run.sh
+
 TEST = "predict_util_test.cc: PredictImplTest."
 SIZE_MISMATCH = ("input size does not match signature: 0!=1 len({}) != len({x}). Sent extra: {}. Missing but "
                  "required: {x}.")

@@ -18,6 +18,8 @@ import pytest
 from export.serving import rapidjson
 from export.serving.rest_codec import base64_unescape, six_digits, write_decimal
 
+pytestmark = pytest.mark.backend_independent  # see tests/run.sh
+
 
 def dump(value):
     """A canonical, type-exact form of a parsed value."""
