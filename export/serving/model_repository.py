@@ -48,7 +48,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the text ops the graphs hold; before any load)
 from tensorflow.core.framework import types_pb2
-from tensorflow.python.tools import saved_model_utils
+from tensorflow.core.protobuf import config_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
 from export.serving.model_config import (  # noqa: F401  (MODEL_NAME, check_model_name: used from here too)
@@ -61,7 +61,7 @@ from export.serving.model_config import (  # noqa: F401  (MODEL_NAME, check_mode
     version_children,
 )
 from export.serving.predict import prepare_inputs
-from export.serving.rest_codec import SignatureSpec, TensorSpec
+from export.serving.rest_codec import NUMPY_DTYPES, SignatureSpec, TensorSpec
 from export.serving.status import StatusError, failed_precondition, invalid_argument, not_found
 
 log = logging.getLogger("kerasformer.serve")
@@ -96,11 +96,16 @@ class LoadedModel:
         self.name, self.version, self.path = name, version, path
         if not os.path.isfile(os.path.join(path, "saved_model.pb")):
             raise _missing_saved_model(path)
-        # The loaded object owns the variables the signatures read: keep it referenced.
-        self._loaded = tf.saved_model.load(path)
-        meta_graph = saved_model_utils.get_meta_graph_def(path, "serve")
+        # As the real server (SavedModelBundle): the MetaGraph tagged "serve" imported into a
+        # session of its own, each signature run by feeding and fetching the tensor names its
+        # SignatureDef lists. Not tf.saved_model.load: its functions are another path through
+        # the SavedModel (variables restored into Python objects, eager calls) with other error
+        # texts, and bugs that only the session path shows (README, "What the model server
+        # runs is what we test").
+        self._session = tf.compat.v1.Session(graph=tf.Graph())
+        meta_graph = tf.compat.v1.saved_model.loader.load(self._session, ["serve"], path)
         self.signature_defs = meta_graph.signature_def
-        self._functions = dict(self._loaded.signatures)
+        self._callables = {}  # signature name -> the session's callable for it
         self.signatures = {
             name: SignatureSpec(
                 name=name,
@@ -141,24 +146,42 @@ class LoadedModel:
         return TensorSpec(_dtype_name(tensor_info.dtype), dims, tensor_info.name)
 
     def run(self, signature_name, inputs):
-        """Calls one signature. inputs: {name: np.ndarray}, every input given.
+        """Runs one signature in the session. inputs: {name: np.ndarray}, every input given.
 
         Returns {output name: np.ndarray}. A TensorFlow error raised inside the graph becomes a
         `StatusError` with TensorFlow's error code (INVALID_ARGUMENT -> HTTP 400,
-        INTERNAL, UNKNOWN, DATA_LOSS, ... -> 500) and TensorFlow's message.
+        INTERNAL, UNKNOWN, DATA_LOSS, ... -> 500) and the C++ session's message, which is what
+        the real server answers.
         """
         spec = self.signatures[signature_name]
-        tensors = {
-            name: tf.constant(inputs[name], dtype=tf.as_dtype(types_pb2.DataType.Value(tensor.dtype)))
-            for name, tensor in spec.inputs.items()
-        }
+        if not spec.outputs:  # nothing to fetch, so the session runs nothing
+            return {}
+        run = self._callable(spec)
         with self._lock:
             self.graph_calls += 1
+        feeds = [np.asarray(inputs[name], dtype=NUMPY_DTYPES.get(spec.inputs[name].dtype)) for name in spec.inputs]
         try:
-            outputs = self._functions[signature_name](**tensors)
+            outputs = run(*feeds)
         except tf.errors.OpError as error:
             raise StatusError(_STATUS_CODE.get(error.error_code, "UNKNOWN"), error.message) from None
-        return {name: np.asarray(tensor.numpy()) for name, tensor in sorted(outputs.items())}
+        return {name: np.asarray(value) for name, value in zip(spec.outputs, outputs)}
+
+    def _callable(self, spec):
+        """The session's callable for one signature (C++ `Session::MakeCallable`), made once.
+
+        Like the real server's `Session::Run`, and unlike Python's `Session.run`, it feeds a
+        value whatever the placeholder's static shape (half_plus_two's `x` is [-1, 1] and
+        predict_util_test.cc feeds it a scalar) and reports the C++ error text unchanged.
+        `_make_callable_from_options` is TensorFlow's (private) Python entry to that API.
+        """
+        with self._lock:
+            if spec.name not in self._callables:
+                options = config_pb2.CallableOptions(
+                    feed=[tensor.tensor_name for tensor in spec.inputs.values()],
+                    fetch=[tensor.tensor_name for tensor in spec.outputs.values()],
+                )
+                self._callables[spec.name] = self._session._make_callable_from_options(options)
+            return self._callables[spec.name]
 
 
 def load_error_status(error):
