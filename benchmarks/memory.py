@@ -37,23 +37,14 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # also runnable as `python benchmarks/memory.py`
-    sys.path.insert(0, ROOT)
+for path in (ROOT, os.path.join(ROOT, "tests")):  # also runnable as `python benchmarks/memory.py`
+    if path not in sys.path:
+        sys.path.insert(0, path)
 
 from benchmarks.results import write_table  # noqa: E402
+from soak_helpers import memory_mb  # noqa: E402
 
 BACKENDS = ("tensorflow", "jax", "torch")
-
-
-def memory_mb(pid="self"):
-    """{"rss": current resident MB, "hwm": peak resident MB} from /proc/PID/status."""
-    values = {}
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                values[key[2:].lower()] = round(int(rest.split()[0]) / 1024)  # kB -> MB
-    return values
 
 
 def training_child(preset_name, batch, length, vocab_size, steps):
@@ -116,7 +107,7 @@ def run_child(args, backend):
 
 def measure_server(version_path, requests, sentences):
     """VmRSS of a ready `export.serving.server` and its VmHWM after `requests` predict calls of 32 sentences."""
-    from tests.serving_helpers import ServerProcess, http
+    from serving_helpers import ServerProcess, http
 
     base_dir = os.path.dirname(os.path.dirname(version_path))
     name = os.path.basename(os.path.dirname(version_path))

@@ -42,10 +42,9 @@ for path in (ROOT, os.path.join(ROOT, "tests")):  # also runnable as `python ben
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from benchmarks.memory import memory_mb  # noqa: E402
 from benchmarks.results import write_table  # noqa: E402
 from serving_helpers import ServerProcess, http  # noqa: E402
-from soak_helpers import BATCHING_FILE, TEST_CORPUS, percentile  # noqa: E402
+from soak_helpers import BATCHING_FILE, TEST_CORPUS, memory_mb, percentile  # noqa: E402
 from training.corpus_reader import read_corpus  # noqa: E402
 
 BENCH_DIR = os.path.join(ROOT, "build", "bench")

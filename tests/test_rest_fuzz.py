@@ -435,8 +435,13 @@ def test_traversal_touches_no_file(model_tree, monkeypatch):
     for module, name in [(os, "stat"), (os, "listdir"), (os, "scandir"), (os, "walk"), (os.path, "isdir"),
                          (os.path, "isfile"), (os.path, "exists"), (tf.saved_model, "load")]:
         monkeypatch.setattr(module, name, recording(getattr(module, name)))
-    monkeypatch.setattr(model_repository.saved_model_utils, "get_meta_graph_def",
-                        recording(model_repository.saved_model_utils.get_meta_graph_def))
+    session_load = tf.compat.v1.saved_model.loader.load  # what the server loads a version with
+
+    def recording_session_load(session, tags, export_dir, **kwargs):
+        touched.append(os.fspath(export_dir))
+        return session_load(session, tags, export_dir, **kwargs)
+
+    monkeypatch.setattr(tf.compat.v1.saved_model.loader, "load", recording_session_load)
 
     for method, target in traversal_targets():
         body = b'{"instances": ["hi"]}' if method == "POST" else b""

@@ -145,7 +145,7 @@ def _text(*parts):
     return "".join(part.decode("utf-8", "surrogateescape") if isinstance(part, bytes) else part for part in parts)
 
 
-def _json_value_error(value, *parts):
+def json_value_error(value, *parts):
     """FormatError: "JSON Value: <the value as JSON> <parts>"."""
     return invalid_argument(_text("JSON Value: ", debug_string(value), " ", *parts))
 
@@ -216,7 +216,7 @@ def base64_unescape(text):
 def _decode_base64_object(value):
     """JsonDecodeBase64Object."""
     if not _is_base64_object(value):
-        raise _json_value_error(value, "not formatted correctly for base64 data")
+        raise json_value_error(value, "not formatted correctly for base64 data")
     decoded = base64_unescape(utf8(value[0][1]))
     if decoded is None:
         raise invalid_argument("Unable to base64 decode")
@@ -256,7 +256,7 @@ def _fill(value, level, dtype, shape, values):
     rank = len(shape)
     if not isinstance(value, list):
         if level != rank:  # every value sits at the same depth, the tensor's rank
-            raise _json_value_error(value, f"found at incorrect level: {level + 1} in the JSON DOM. "
+            raise json_value_error(value, f"found at incorrect level: {level + 1} in the JSON DOM. "
                                            f"Expected at level: {rank}")
         if isinstance(value, Object):
             if dtype != "DT_STRING":
@@ -415,13 +415,9 @@ def _columns_to_arrays(value, inputs):
     return arrays
 
 
-def parse_predict_request(body, get_signature):
-    """A REST predict body (bytes) -> PredictRequest, as FillPredictRequestFromJson.
-
-    get_signature(signature_name) -> SignatureSpec is called once the body has parsed, with the
-    request's `signature_name` ("" when absent): it finds the model (404 when there is none) and
-    the signature (`signature_lookup`). Raises StatusError with the real server's texts.
-    """
+def parse_json_object(body):
+    """json_tensor.cc `ParseJson`: the body (bytes) as a RapidJSON object, or INVALID_ARGUMENT with
+    its texts. Every REST body goes through it: predict here, classify and regress in server.py."""
     if not body:
         raise invalid_argument("JSON Parse error: The document is empty")
     try:
@@ -429,12 +425,23 @@ def parse_predict_request(body, get_signature):
     except rapidjson.ParseError as error:
         raise invalid_argument(f"JSON Parse error: {error.message} at offset: {error.offset}") from None
     if not isinstance(document, Object):
-        raise _json_value_error(document, "Is not object")
+        raise json_value_error(document, "Is not object")
+    return document
+
+
+def parse_predict_request(body, get_signature):
+    """A REST predict body (bytes) -> PredictRequest, as FillPredictRequestFromJson.
+
+    get_signature(signature_name) -> SignatureSpec is called once the body has parsed, with the
+    request's `signature_name` ("" when absent): it finds the model (404 when there is none) and
+    the signature (`signature_lookup`). Raises StatusError with the real server's texts.
+    """
+    document = parse_json_object(body)
     name = ""
     if document.has("signature_name"):
         name = document.find("signature_name")
         if not isinstance(name, (str, bytes)):
-            raise _json_value_error(document, "not formatted correctly. 'signature_name' key must be a string value.")
+            raise json_value_error(document, "not formatted correctly. 'signature_name' key must be a string value.")
         if isinstance(name, bytes):  # no signature has a name that is not UTF-8
             name = name.decode("utf-8", "surrogateescape")
     signature = get_signature(name)
@@ -442,13 +449,13 @@ def parse_predict_request(body, get_signature):
         raise invalid_argument(f"Failed to get input map for signature: {name or 'DEFAULT'}")
     if document.has("instances"):
         if document.has("inputs"):
-            raise _json_value_error(document, "Not formatted correctly expecting only one of 'inputs' or 'instances' "
+            raise json_value_error(document, "Not formatted correctly expecting only one of 'inputs' or 'instances' "
                                               "keys to exist ")
         instances = document.find("instances")
         if not isinstance(instances, list):
-            raise _json_value_error(document, "Expecting 'instances' to be an list/array")
+            raise json_value_error(document, "Expecting 'instances' to be an list/array")
         if not instances:
-            raise _json_value_error(document, "No values in 'instances' array")
+            raise json_value_error(document, "No values in 'instances' array")
         return PredictRequest(signature, _rows_to_arrays(instances, signature.inputs), True)
     if document.has("inputs"):
         return PredictRequest(signature, _columns_to_arrays(document.find("inputs"), signature.inputs), False)

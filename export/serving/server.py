@@ -92,6 +92,8 @@ from export.serving.rest_codec import (
     base64_unescape,
     format_error,
     format_predict_response,
+    json_value_error,
+    parse_json_object,
     parse_predict_request,
     signature_lookup,
 )
@@ -386,25 +388,6 @@ class _EmptyBody(Exception):
         self.status = status
 
 
-def _parse_json_object(body):
-    """json_tensor.cc `ParseJson`: the body as a RapidJSON object, or INVALID_ARGUMENT with its texts."""
-    if not body:
-        raise invalid_argument("JSON Parse error: The document is empty")
-    try:
-        document = rapidjson.parse(body)
-    except rapidjson.ParseError as error:
-        raise invalid_argument(f"JSON Parse error: {error.message} at offset: {error.offset}") from None
-    if not isinstance(document, rapidjson.Object):
-        raise _format_error(document, "Is not object")
-    return document
-
-
-def _format_error(value, text):
-    """json_tensor.cc `FormatError`: "JSON Value: <value as JSON> <text>" (the JSON byte for byte)."""
-    return invalid_argument(("JSON Value: " + rapidjson.debug_string(value).decode("utf-8", "surrogateescape")
-                             + " " + text))
-
-
 def _check_feature_values(value):
     """json_tensor.cc `MakeExampleFromJsonObject` and `AddValueToFeature`: each feature's values
     are all of one kind (int64 from integers and booleans, float from other numbers, bytes from
@@ -443,22 +426,22 @@ def _classify_regress_request(body):
     """The signature name of a classify or regress body, checked as
     `FillClassifyRegressRequestFromJson` (util/json_tensor.cc) checks it, texts included (its
     missing-examples text says "classify" for regress too)."""
-    document = _parse_json_object(body)
+    document = parse_json_object(body)
     signature_name = ""
     if document.has("signature_name"):
         signature_name = document.find("signature_name")
         if not isinstance(signature_name, (str, bytes)):
-            raise _format_error(document, "not formatted correctly. 'signature_name' key must be a string value.")
+            raise json_value_error(document, "not formatted correctly. 'signature_name' key must be a string value.")
         signature_name = rapidjson.utf8(signature_name).decode("utf-8", "surrogateescape")
     if document.has("context"):
         _check_feature_values(document.find("context"))
     if not document.has("examples"):
-        raise _format_error(document, "When method is classify, key 'examples' is expected and was not found")
+        raise json_value_error(document, "When method is classify, key 'examples' is expected and was not found")
     examples = document.find("examples")
     if not isinstance(examples, list):
-        raise _format_error(document, "Expecting 'examples' value to be an list/array")
+        raise json_value_error(document, "Expecting 'examples' value to be an list/array")
     if not examples:
-        raise _format_error(document, "'examples' value is an empty array")
+        raise json_value_error(document, "'examples' value is an empty array")
     for example in examples:
         _check_feature_values(example)
     return signature_name
