@@ -2,6 +2,7 @@
 TensorFlow tutorial's uncached loop vs keras-hub's cached decoding, same process.
 
     KERAS_BACKEND=tensorflow python -m benchmarks.decode_speed [--quick] [--lengths 32,128] [--batches 1,32]
+        [--compare-fused]
 
 Sizes are the tutorial's by default (4 + 4 layers, d_model 128, 8 heads, d_ff 512,
 vocabularies of 8000), random weights (speed does not depend on them), a random
@@ -21,6 +22,9 @@ model never predicts, keras-hub's sampler gets no stop token.
     keras-hub cached            benchmarks.alternatives.keras_hub_layers: keras-hub layers,
                                 BartSeq2SeqLM's cached decoding, GreedySampler; tf.function,
                                 and tf.function(jit_compile=True) as keras-hub's generate() compiles it
+    ..., fused=False            with --compare-fused: the Python API rows again for the same weights
+                                on the model's plain path (TransformerConfig.fused=False); the column
+                                "fused buys" is their time over the fused row's
 
 Ours, the export and the tutorial loop share one model and must return the same
 tokens (asserted); keras-hub's model has its own weights. The first call (tracing,
@@ -64,8 +68,11 @@ TUTORIAL = dict(num_layers=4, d_model=128, num_heads=8, d_ff=512, source_vocab_s
 OURS_XLA, OURS = "ours, Python API, XLA", "ours, Python API, no XLA"
 EXPORT, EXPORT_XLA = "ours, exported SavedModel", "ours, exported, XLA"
 UNCACHED, HUB, HUB_XLA = "uncached (tutorial loop)", "keras-hub cached", "keras-hub cached, XLA"
+OURS_XLA_PLAIN, OURS_PLAIN = f"{OURS_XLA}, fused=False", f"{OURS}, fused=False"
 # Which keras-hub row each of ours is compared with: the same compilation mode.
-SAME_MODE = {OURS_XLA: HUB_XLA, OURS: HUB, EXPORT: HUB, EXPORT_XLA: HUB_XLA}
+SAME_MODE = {OURS_XLA: HUB_XLA, OURS: HUB, EXPORT: HUB, EXPORT_XLA: HUB_XLA, OURS_XLA_PLAIN: HUB_XLA, OURS_PLAIN: HUB}
+# Which plain-path row each fused row is compared with.
+PLAIN_OF = {OURS_XLA: OURS_XLA_PLAIN, OURS: OURS_PLAIN}
 
 
 def exported_decode(model, folder, jit_compile=False):
@@ -93,11 +100,11 @@ def exported_decode(model, folder, jit_compile=False):
     return decode
 
 
-def variants(model, hub_model, length, export, export_xla):
+def variants(model, hub_model, length, export, export_xla, plain_model=None):
     """name -> function `encoder_tokens -> (batch, length) tokens`, for one output length."""
     decode = lambda tokens: greedy_decode(model, tokens, START_ID, NEVER, length)  # noqa: E731
     generate = lambda tokens: greedy_generate(hub_model, tokens, START_ID, length)  # noqa: E731
-    return {
+    functions = {
         OURS_XLA: compile_for_backend(decode),
         OURS: compile_for_backend(decode, jit_compile=False),
         EXPORT: lambda tokens: export(tokens, length),
@@ -106,6 +113,11 @@ def variants(model, hub_model, length, export, export_xla):
         HUB: tf.function(generate),
         HUB_XLA: tf.function(generate, jit_compile=True),
     }
+    if plain_model is not None:
+        decode_plain = lambda tokens: greedy_decode(plain_model, tokens, START_ID, NEVER, length)  # noqa: E731
+        functions[OURS_XLA_PLAIN] = compile_for_backend(decode_plain)
+        functions[OURS_PLAIN] = compile_for_backend(decode_plain, jit_compile=False)
+    return functions
 
 
 def measure(functions, inputs, repeats, round_seconds=1.0):
@@ -133,7 +145,7 @@ def measure(functions, inputs, repeats, round_seconds=1.0):
     return {name: (first[name], times[name], outputs[name]) for name in functions}
 
 
-def main():
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="length 32 only, 2 rounds; writes decode_speed_quick")
     parser.add_argument("--lengths", default="32,128", help="output lengths, comma-separated")
@@ -142,7 +154,34 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--num-layers", type=int, default=TUTORIAL["num_layers"])
     parser.add_argument("--d-model", type=int, default=TUTORIAL["d_model"])
-    args = parser.parse_args()
+    parser.add_argument("--compare-fused", action="store_true",
+                        help="also decode with the model's plain path (fused=False), same weights")
+    return parser.parse_args()
+
+
+def cell_rows(results, length, batch, compare_fused):
+    """The table rows and the JSON records of one (length, batch) cell of `measure`'s results."""
+    for name in sorted(set(results) - {OURS, HUB, HUB_XLA}):
+        if not np.array_equal(results[name][2], results[OURS][2]):
+            raise AssertionError(f"{name} tokens differ from {OURS} (length {length}, batch {batch})")
+    best = {name: min(calls) for name, (_, calls, _) in results.items()}
+    rows, raw = [], []
+    for name, (first, calls, _) in results.items():
+        seconds, same_mode = best[name], SAME_MODE.get(name)
+        rows.append([
+            length, batch, name, f"{seconds:.3f}", f"{first:.2f}", f"{batch * length / seconds:,.0f}",
+            f"{best[UNCACHED] / seconds:.1f}x",
+            f"{best[same_mode] / seconds:.2f}x" if same_mode else "",
+            *([f"{best[PLAIN_OF[name]] / seconds:.2f}x" if name in PLAIN_OF else ""] if compare_fused else []),
+        ])
+        raw.append({"length": length, "batch": batch, "variant": name, "seconds": seconds,
+                    "median_seconds": statistics.median(calls), "calls_seconds": calls,
+                    "first_call_seconds": first})
+    return rows, raw
+
+
+def main():
+    args = parse_args()
     if keras.backend.backend() != "tensorflow":
         raise SystemExit("run with KERAS_BACKEND=tensorflow (the export, tf.function and XLA variants are TensorFlow)")
     lengths = [32] if args.quick else [int(n) for n in args.lengths.split(",")]
@@ -154,31 +193,23 @@ def main():
     config = TransformerConfig(**{**TUTORIAL, "num_layers": args.num_layers, "d_model": args.d_model,
                                   "max_source_length": longest, "max_target_length": longest})
     model, hub_model = build_seq2seq(config), build_keras_hub_seq2seq(config)
+    plain_model = None
+    if args.compare_fused:
+        plain_model = build_seq2seq(config.replace(fused=False))
+        plain_model.set_weights(model.get_weights())
     rng = np.random.default_rng(0)
 
     rows, raw = [], []
     with tempfile.TemporaryDirectory() as folder:
         export, export_xla = exported_decode(model, folder), exported_decode(model, folder, jit_compile=True)
         for length in lengths:
-            functions = variants(model, hub_model, length, export, export_xla)
+            functions = variants(model, hub_model, length, export, export_xla, plain_model)
             for batch in batches:
                 inputs = tf.constant(rng.integers(4, config.source_vocab_size, (batch, args.source_length)), tf.int32)
                 print(f"length {length}, batch {batch} ...", flush=True)
-                results = measure(functions, inputs, repeats)
-                for name in (OURS_XLA, EXPORT, EXPORT_XLA, UNCACHED):
-                    if not np.array_equal(results[name][2], results[OURS][2]):
-                        raise AssertionError(f"{name} tokens differ from {OURS} (length {length}, batch {batch})")
-                best = {name: min(calls) for name, (_, calls, _) in results.items()}
-                for name, (first, calls, _) in results.items():
-                    seconds, same_mode = best[name], SAME_MODE.get(name)
-                    rows.append([
-                        length, batch, name, f"{seconds:.3f}", f"{first:.2f}", f"{batch * length / seconds:,.0f}",
-                        f"{best[UNCACHED] / seconds:.1f}x",
-                        f"{best[same_mode] / seconds:.2f}x" if same_mode else "",
-                    ])
-                    raw.append({"length": length, "batch": batch, "variant": name, "seconds": seconds,
-                                "median_seconds": statistics.median(calls), "calls_seconds": calls,
-                                "first_call_seconds": first})
+                cell, cell_raw = cell_rows(measure(functions, inputs, repeats), length, batch, args.compare_fused)
+                rows += cell
+                raw += cell_raw
         del export, export_xla
 
     notes = [
@@ -190,13 +221,17 @@ def main():
         f"load average {os.getloadavg()[0]:.1f} at the end (other work on the machine slows every variant)",
         "ours, the export and the uncached loop decode the same model and returned the same tokens (asserted)",
         "x keras-hub: keras-hub cached decoding's time over ours in the same mode (XLA or not)",
+        *(["fused=False rows: the same weights on the model's plain path (a matmul per attention projection, "
+           "3-D matmuls); fused buys: that row's time over the fused row's, in the same mode"]
+          if args.compare_fused else []),
         "the XLA export needs a model server started with --xla_cpu_compilation_enabled=true; "
         "the default export runs without XLA",
     ]
     write_table(
         "decode_speed_quick" if args.quick else "decode_speed",
         "Greedy decoding: ours vs the tutorial's uncached loop vs keras-hub's cached decoding",
-        ["length", "batch", "variant", "seconds", "first call s", "tokens/s", "x uncached", "x keras-hub"],
+        ["length", "batch", "variant", "seconds", "first call s", "tokens/s", "x uncached", "x keras-hub",
+         *(["fused buys"] if args.compare_fused else [])],
         rows, notes, extra={"timings": raw, "config": config.to_dict()},
     )
 

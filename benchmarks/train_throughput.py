@@ -25,7 +25,9 @@ tokens/s counts the non-padding labels of the batch. The ratio is ours / the
 faster alternative. Timings only; never a test.
 
 `--ours-without-dropout` adds our model with dropout 0, the setting of the
-keras.io example's blocks. A model a backend cannot run is reported as "not
+keras.io example's blocks. `--compare-fused` adds our model on its plain path
+(`fused=False`: a matmul per projection, 3-D matmuls) and the ratio of the
+default fused path to it: what the fused projections and 2-D views buy. A model a backend cannot run is reported as "not
 supported: <error>"; `--skip torch:base:on,...` leaves cells out, reported as
 not run, and `--merge earlier.json` fills the table with an earlier run's cells
 that this run does not measure. Under torch, jit_compile=True means
@@ -55,6 +57,8 @@ MODELS = ("ours", "keras.io example", "keras-hub layers")
 ALTERNATIVES = MODELS[1:]
 # keras.io's blocks have no dropout; this extra column is ours with the same.
 OURS_WITHOUT_DROPOUT = "ours, dropout 0"
+# Our model without its fused projections and 2-D views (TransformerConfig.fused).
+OURS_PLAIN = "ours, fused=False"
 START_ID = 2
 
 
@@ -73,6 +77,8 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="small only, 1 warm-up step, 2 rounds of 2 steps")
     parser.add_argument("--ours-without-dropout", action="store_true",
                         help=f"also time our model with dropout 0 (column '{OURS_WITHOUT_DROPOUT}')")
+    parser.add_argument("--compare-fused", action="store_true",
+                        help=f"also time our model's plain path (column '{OURS_PLAIN}') and the ratio fused / plain")
     parser.add_argument("--skip", default="", metavar="BACKEND:PRESET:JIT,...",
                         help="cells to leave out, reported as not run, e.g. torch:base:on")
     parser.add_argument("--merge", metavar="JSON",
@@ -107,10 +113,11 @@ def fixed_batch(batch, length, vocab_size, seed=0):
 
 
 def build(name, config):
-    if name in ("ours", OURS_WITHOUT_DROPOUT):
+    if name in ("ours", OURS_WITHOUT_DROPOUT, OURS_PLAIN):
         from kerasformer import build_seq2seq
 
-        return build_seq2seq(config if name == "ours" else config.replace(dropout=0.0))
+        changes = {OURS_WITHOUT_DROPOUT: {"dropout": 0.0}, OURS_PLAIN: {"fused": False}}.get(name, {})
+        return build_seq2seq(config.replace(**changes))
     if name == "keras.io example":
         from benchmarks.alternatives.keras_io_example import build_keras_io_seq2seq
 
@@ -181,7 +188,16 @@ def measure(preset_name, jit_compile, args):
 
 
 def model_names(args):
-    return MODELS + ((OURS_WITHOUT_DROPOUT,) if args.ours_without_dropout else ())
+    return (MODELS + ((OURS_WITHOUT_DROPOUT,) if args.ours_without_dropout else ())
+            + ((OURS_PLAIN,) if args.compare_fused else ()))
+
+
+def fused_ratio(models):
+    """Our default (fused) path's tokens/s over the plain path's, as text."""
+    fused, plain = models["ours"].get("tokens_per_s"), models.get(OURS_PLAIN, {}).get("tokens_per_s")
+    if not (fused and plain):
+        return "n/a"
+    return f"{fused / plain:.2f}" + (" (unsteady)" if unsteady(models["ours"]) or unsteady(models[OURS_PLAIN]) else "")
 
 
 def run_backend(args):
@@ -241,6 +257,7 @@ def table_rows(cells, names):
             f"{cell['batch']} x {cell['length']} ({cell['target_tokens']})" if cell["batch"] else "",
             *(cell_text(models[name]) for name in names), ratio(models, "ours"),
             *((ratio(models, OURS_WITHOUT_DROPOUT),) if OURS_WITHOUT_DROPOUT in names else ()),
+            *((fused_ratio(models),) if OURS_PLAIN in names else ()),
         ])
     return rows
 
@@ -271,7 +288,10 @@ def write(cells, args, name, merged_settings=None):
         "head width d_model). keras-hub layers: `benchmarks/alternatives/keras_hub_layers.py`.",
         "Ratio: ours / the faster alternative (target: >= 1.2)."
         + (f" '{OURS_WITHOUT_DROPOUT}': our model with dropout 0, as the keras.io example's blocks "
-           "(which have none), and its ratio to the faster alternative." if args.ours_without_dropout else ""),
+           "(which have none), and its ratio to the faster alternative." if args.ours_without_dropout else "")
+        + (f" '{OURS_PLAIN}': our model on its plain path (a matmul per attention projection, 3-D matmuls); "
+           "'fused / plain': what the fused projections and 2-D views buy (same weights' shapes, same function)."
+           if args.compare_fused else ""),
         "Parameters: " + ", ".join(f"{k} {v:,}" for k, v in parameters.items()) + ".",
         "First step (trace/compile + 1 step): " + "; ".join(first_steps) + ".",
         "Unsteady: the model's rounds were more than 2x apart (machine load, recompilation); "
@@ -280,7 +300,8 @@ def write(cells, args, name, merged_settings=None):
     names = model_names(args)
     columns = ["backend", "preset", "jit_compile", "batch x length (target tokens)",
                *(f"{name} tokens/s (ms/step)" for name in names), "ratio",
-               *((f"ratio, {OURS_WITHOUT_DROPOUT}",) if args.ours_without_dropout else ())]
+               *((f"ratio, {OURS_WITHOUT_DROPOUT}",) if args.ours_without_dropout else ()),
+               *(("fused / plain",) if args.compare_fused else ())]
     extra = {"settings": vars(args), "cells": cells}
     if args.merge:
         with open(args.merge, encoding="utf-8") as handle:
@@ -308,8 +329,10 @@ def run_backends(args):
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
             out = handle.name
         child = [f"--{key.replace('_', '-')}={value}" for key, value in vars(args).items()
-                 if key not in ("backends", "quick", "json_out", "ours_without_dropout", "merge", "render")]
+                 if key not in ("backends", "quick", "json_out", "ours_without_dropout", "compare_fused", "merge",
+                                "render")]
         child += ["--ours-without-dropout"] if args.ours_without_dropout else []
+        child += ["--compare-fused"] if args.compare_fused else []
         env = {**os.environ, "KERAS_BACKEND": backend}
         print(f"=== KERAS_BACKEND={backend} ===", file=sys.stderr, flush=True)
         code = subprocess.call([sys.executable, os.path.abspath(__file__), *child, "--json-out", out], env=env)

@@ -2,7 +2,7 @@
 translated text out, the whole greedy loop inside one graph.
 
     python -m export.exporter runs/small-en-es --name kerasformer_en_es
-    kerasformer-export runs/small-en-es --name kerasformer_en_es [--version 3]
+    kerasformer-export runs/small-en-es --name kerasformer_en_es [--model-version 3]
 
 writes `saved_models/NAME/VERSION/`, the layout the model server watches:
 
@@ -61,6 +61,7 @@ folder removes it -- never one of an export still running, which holds a lock.
 """
 
 import argparse
+import collections
 import contextlib
 import errno
 import fcntl
@@ -74,6 +75,8 @@ import sys
 import tempfile
 
 import keras
+
+from training.cli import LOG_LEVELS, command_line, configure
 
 DEFAULT_BASE_DIR = "saved_models"
 # The beam search of the translate_beam signatures: the paper's (section 6.1).
@@ -186,7 +189,7 @@ def export_model(model, source_model, target_model, model_dir, version=None, max
         raise ValueError(f"version={version}: TensorFlow Serving versions are positive integers")
     final = os.path.join(model_dir, str(version))
     if os.path.exists(final):
-        raise FileExistsError(f"{final} exists; versions are never overwritten (omit --version for the next free one)")
+        raise FileExistsError(f"{final} exists; versions are never overwritten (omit --model-version for the next free one)")
 
     with _exporting(model_dir):
         # Everything, the vocabulary copies included, is written inside one work folder beside
@@ -312,11 +315,17 @@ def write_warmup_requests(saved_model_dir, model_name):
 
 
 def _export_in_tensorflow_process(run_dir, name, base_dir, version, checkpoint, max_length, warmup, beam_size, alpha):
-    """Runs this module under KERAS_BACKEND=tensorflow and returns the version path."""
+    """Runs this module under KERAS_BACKEND=tensorflow and returns the version path.
+
+    The child logs at this process's level of the `kerasformer` loggers, and its stderr
+    (log messages, TensorFlow's) is passed on line by line as it comes, so that a user sees
+    what the export does; only its last line, an `ExportError`'s, is held back and raised."""
+    effective = logging.getLogger("kerasformer").getEffectiveLevel()
+    level = next((name for name in LOG_LEVELS if logging.getLevelName(name.upper()) >= effective), "critical")
     args = [sys.executable, "-m", "export.exporter", run_dir, "--name", name, "--base-dir", base_dir,
-            "--checkpoint", checkpoint, "--print-json"]
+            "--checkpoint", checkpoint, "--print-json", "--log-level", level]
     if version is not None:
-        args += ["--version", str(version)]
+        args += ["--model-version", str(version)]
     if max_length is not None:
         args += ["--max-length", str(max_length)]
     args += ["--beam-size", str(beam_size), "--alpha", repr(float(alpha))]
@@ -325,32 +334,47 @@ def _export_in_tensorflow_process(run_dir, name, base_dir, version, checkpoint, 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "KERAS_BACKEND": "tensorflow",
            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    result = subprocess.run(args, env=env, capture_output=True, text=True)
-    last_line = (result.stderr.strip().splitlines() or [""])[-1]
-    if result.returncode == 1 and last_line.startswith(EXPORT_ERROR_PREFIX):
-        raise ExportError(last_line[len(EXPORT_ERROR_PREFIX):])
-    if result.returncode != 0:
-        raise RuntimeError(f"export under the TensorFlow backend failed:\n{result.stderr[-4000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])["path"]
+    tail = collections.deque(maxlen=40)  # the end of the child's stderr, for the error of a crash
+    with subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
+        for line in child.stderr:  # the child writes one JSON line to stdout, at its end
+            if tail:
+                sys.stderr.write(tail[-1])
+            tail.append(line)
+        output = child.stdout.read()
+    last_line = tail[-1] if tail else ""
+    if child.returncode == 1 and last_line.startswith(EXPORT_ERROR_PREFIX):
+        raise ExportError(last_line[len(EXPORT_ERROR_PREFIX):].rstrip("\n"))
+    sys.stderr.write(last_line)
+    if child.returncode != 0:
+        raise RuntimeError(f"export under the TensorFlow backend failed:\n{''.join(tail)[-4000:]}")
+    return json.loads(output.strip().splitlines()[-1])["path"]
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="kerasformer-export", description=__doc__.split("\n\n")[0])
+def make_parser():
+    parser = command_line("kerasformer-export", __doc__.split("\n\n")[0], model_version=True)
     parser.add_argument("run_dir", help="training run folder (best.keras, tokenizers/)")
     parser.add_argument("--name", default="kerasformer", help="model name (folder under --base-dir)")
     parser.add_argument("--base-dir", default=DEFAULT_BASE_DIR, help="model server base path")
-    parser.add_argument("--version", type=int, help="version number (default: the next free one)")
-    parser.add_argument("--checkpoint", default="best", help="best or last")
+    parser.add_argument("--model-version", type=int, metavar="N",
+                        help="version number of the export (default: the next free one)")
+    parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="the run's model to export")
     parser.add_argument("--max-length", type=int,
                         help="most target tokens of the signatures without a max_length input "
                              "(default: the decoder's max_length)")
     parser.add_argument("--beam-size", type=int, default=BEAM_SIZE,
-                        help=f"hypotheses per sentence of the translate_beam signatures (default {BEAM_SIZE})")
+                        help="hypotheses per sentence of the translate_beam signatures")
     parser.add_argument("--alpha", type=float, default=ALPHA,
-                        help=f"length penalty exponent of the translate_beam signatures (default {ALPHA})")
-    parser.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the warmup file")
+                        help="length penalty exponent of the translate_beam signatures")
+    parser.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
+                        help="write assets.extra/tf_serving_warmup_requests, replayed by the model server at load")
     parser.add_argument("--print-json", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv=None):
+    parser = make_parser()
     args = parser.parse_args(argv)
+    configure(args)
     from export.serving.model_config import check_model_name
 
     try:
@@ -358,8 +382,8 @@ def main(argv=None):
     except ValueError as error:
         parser.error(f"--name: {error}")
     try:
-        path = export_run(args.run_dir, args.name, args.base_dir, args.version, args.checkpoint, args.max_length,
-                          args.warmup, args.beam_size, args.alpha)
+        path = export_run(args.run_dir, args.name, args.base_dir, args.model_version, args.checkpoint,
+                          args.max_length, args.warmup, args.beam_size, args.alpha)
     except ExportError as error:
         parser.exit(1, f"{EXPORT_ERROR_PREFIX}{error}\n")
     if args.print_json:

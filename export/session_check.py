@@ -7,6 +7,7 @@ signature lists, with nothing imported but `tensorflow` and `tensorflow_text`.
     python export/session_check.py DIR --signature translate_tokens --tokens '[[5, 6, 7, 0]]'
     python export/session_check.py DIR --requests requests.json
     python export/session_check.py DIR --warmup
+    python export/session_check.py --help     (every flag, with its default)
 
 Prints one JSON object: the outputs by name (or, with --requests, a list of
 {"signature": ..., "inputs": {...}} run in one session, "results" in that
@@ -18,6 +19,7 @@ Run it as a file, not with `-m`, so that the `export` package is not imported.
 
 import argparse
 import json
+import logging
 import os
 import sys
 
@@ -82,17 +84,54 @@ def to_json(value):
     return value.tolist()
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("saved_model_dir")
+class _PrintVersion(argparse.Action):
+    """`--version`: imports the package's version reader only when asked, since the modules this
+    script reports must stay TensorFlow's (the version itself is written in pyproject.toml)."""
+
+    def __init__(self, option_strings, dest, help=None):
+        super().__init__(option_strings, dest=argparse.SUPPRESS, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a file
+        from training.cli import package_version
+
+        print(f"{parser.prog} {package_version()}")
+        parser.exit()
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Each flag's default, but none for a flag without one (None)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def make_parser():
+    # training/cli.py's command_line, rebuilt from the standard library: importing it would put
+    # `training` among the modules this script reports (tests/test_export.py checks there are none).
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action=_PrintVersion, help="print the program's version and exit")
+    parser.add_argument("--log-level", default="info", type=str.lower,
+                        choices=("debug", "info", "warning", "error", "critical"),
+                        help="least severe log messages shown")
+    parser.add_argument("saved_model_dir", help="a version folder of an export (saved_model.pb, variables/)")
     parser.add_argument("texts", nargs="*", help="the text input (every signature but translate_tokens)")
-    parser.add_argument("--signature", default="serving_default")
-    parser.add_argument("--tokens", help="JSON list of 0-padded id rows (translate_tokens)")
-    parser.add_argument("--max-length", type=int,
-                        help="the max_length input, one per text (translate_max_length, translate_beam_max_length)")
-    parser.add_argument("--requests", help="JSON file: a list of {signature, inputs}")
-    parser.add_argument("--warmup", action="store_true", help="replay the export's warmup requests")
+    parser.add_argument("--signature", default="serving_default", help="the signature to run")
+    parser.add_argument("--tokens", metavar="JSON", help="JSON list of 0-padded id rows, the input of translate_tokens (default: none, the texts)")
+    parser.add_argument("--max-length", type=int, metavar="N",
+                        help="the max_length input of translate_max_length and translate_beam_max_length, one per "
+                             "text (default: none)")
+    parser.add_argument("--requests", metavar="FILE", help="JSON file: a list of {signature, inputs} run in one session (default: none, one "
+                             "request from the flags)")
+    parser.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=False,
+                        help="replay the export's warmup requests")
+    return parser
+
+
+def main(argv=None):
+    parser = make_parser()
     args = parser.parse_intermixed_args(argv)  # texts after the options too
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     modules = lambda: sorted({name.split(".")[0] for name in sys.modules})  # noqa: E731
     if args.requests or args.warmup:
         if args.warmup:

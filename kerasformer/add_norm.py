@@ -5,12 +5,16 @@ import keras
 
 @keras.saving.register_keras_serializable(package="kerasformer")
 class AddNorm(keras.layers.Layer):
-    """Post-norm (the paper): LayerNorm(x + Dropout(Sublayer(x))).
+    """A sublayer with its residual connection, residual dropout and LayerNorm.
 
-    Pre-norm (`norm_first=True`, Xiong et al. 2020): x + Dropout(Sublayer(LayerNorm(x))),
-    which trains deep stacks without warmup; the stack then ends in a LayerNorm.
-    A block feeds its sublayer `add_norm.sublayer_input(x)` and then calls
-    `add_norm(x, sublayer_output)`, so the same code serves both orders.
+    Post-norm (the paper, section 3.1, with the dropout of section 5.4):
+
+        LayerNorm(x + Dropout(Sublayer(x)))
+
+    Pre-norm (`norm_first=True`, Xiong et al. 2020), which trains deep stacks
+    without warmup; the stack then ends in a LayerNorm:
+
+        x + Dropout(Sublayer(LayerNorm(x)))
 
     Args:
         dropout: rate applied to the sublayer output ("residual dropout", 5.4).
@@ -18,16 +22,20 @@ class AddNorm(keras.layers.Layer):
         epsilon: LayerNorm epsilon.
 
     Call arguments:
-        x: the sublayer's input `(batch, length, d_model)`.
-        sublayer_output: `(batch, length, d_model)`.
+        x: `(batch, length, d_model)`.
+        sublayer: a function `(batch, length, d_model)` -> `(batch, length,
+            d_model)`, e.g. self-attention or the feed-forward network. It
+            may return a tuple whose first item is that output: the other
+            items (attention weights, an updated cache) are returned after
+            the result, unchanged.
 
     Returns:
-        `(batch, length, d_model)`.
+        `(batch, length, d_model)`, then the sublayer's other outputs if any.
 
     Example:
-        >>> add_norm = AddNorm(dropout=0.1)
-        >>> x = keras.random.normal((2, 5, 16))
-        >>> add_norm(x, keras.random.normal((2, 5, 16))).shape
+        >>> from kerasformer import FeedForward
+        >>> add_norm, ffn = AddNorm(dropout=0.1), FeedForward(d_ff=64)
+        >>> add_norm(keras.random.normal((2, 5, 16)), sublayer=ffn).shape
         (2, 5, 16)
     """
 
@@ -39,23 +47,21 @@ class AddNorm(keras.layers.Layer):
         # Passes the padding mask of its first input through unchanged.
         self.supports_masking = True
 
-    def build(self, x_shape, sublayer_output_shape=None):
+    def build(self, x_shape):
         self.layer_norm = keras.layers.LayerNormalization(
             epsilon=self.epsilon, name="layer_norm", dtype=self.dtype_policy
         )
         self.layer_norm.build(x_shape)
         self.residual_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
 
-    def sublayer_input(self, x):
-        """What the sublayer reads: LayerNorm(x) in pre-norm, x in post-norm."""
-        if not self.built:  # called before the layer's first __call__
-            self.build(tuple(x.shape))
-            self.built = True
-        return self.layer_norm(x) if self.norm_first else x
-
-    def call(self, x, sublayer_output, training=None):
-        residual = x + self.residual_dropout(sublayer_output, training=training)
-        return residual if self.norm_first else self.layer_norm(residual)
+    def call(self, x, sublayer, training=None):
+        if self.norm_first:  # x + Dropout(Sublayer(LayerNorm(x)))
+            output, *others = outputs_of(sublayer(self.layer_norm(x)))
+            result = x + self.residual_dropout(output, training=training)
+        else:  # LayerNorm(x + Dropout(Sublayer(x)))
+            output, *others = outputs_of(sublayer(x))
+            result = self.layer_norm(x + self.residual_dropout(output, training=training))
+        return (result, *others) if others else result
 
     def get_config(self):
         return {
@@ -64,3 +70,8 @@ class AddNorm(keras.layers.Layer):
             "norm_first": self.norm_first,
             "epsilon": self.epsilon,
         }
+
+
+def outputs_of(sublayer_result):
+    """A sublayer's result as a tuple: `(output, *others)`."""
+    return sublayer_result if isinstance(sublayer_result, tuple) else (sublayer_result,)

@@ -5,11 +5,14 @@ import math
 import keras
 from keras import ops
 
+from kerasformer.feed_forward import position_wise
 from kerasformer.masks import causal_mask
 
-# Added to the scores of masked positions before the softmax. Finite, so a row
-# whose keys are all masked gives uniform weights instead of NaN; in float32
-# exp(-1e9 - max) is exactly 0, so a masked key gets zero weight.
+# The score of a masked position before the softmax, and the log-probability of
+# a continuation beam search forbids. Finite, so a row whose keys are all masked
+# gives uniform weights instead of NaN, and sums of forbidden scores never give
+# inf - inf = NaN; in float32 exp(-1e9 - max) is exactly 0, so a masked key gets
+# zero weight.
 MASKED_SCORE = -1e9
 
 
@@ -86,16 +89,22 @@ class MultiHeadAttention(keras.layers.Layer):
     keys/values of `query`'s positions are written at that index and the queries
     attend to the whole cache under the causal mask offset by the index. With
     `cache` but no index (cross-attention), the cached keys/values are used as
-    they are (see `compute_key_value`). The cached path uses the same
-    projections and the same `scaled_dot_product_attention` as training.
+    they are (`project(key=encoder_output, value=encoder_output)` computes
+    them). The cached path uses the same projections and the same
+    `scaled_dot_product_attention` as training.
 
     Args:
         num_heads: h.
         dropout: dropout rate on the attention weights.
+        fused: the same function computed faster (see `fused_project`): the
+            projections of one input as one matmul, and W^Q, W^K, W^V, W^O on
+            the 2-D view of their input (`position_wise`). False is the plain
+            path this docstring describes; tests hold the two equal.
 
     Call arguments:
         query: `(batch, query_length, d_model)`.
-        value: `(batch, key_length, d_model)`.
+        value: `(batch, key_length, d_model)`; None when `cache` holds the keys
+            and values (cross-attention while decoding).
         key: `(batch, key_length, d_model)`; defaults to `value`.
         key_padding_mask: bool `(batch, key_length)`, False at padded keys.
         use_causal_mask: forbid attending to later positions.
@@ -114,10 +123,11 @@ class MultiHeadAttention(keras.layers.Layer):
         (2, 10, 512)
     """
 
-    def __init__(self, num_heads, dropout=0.0, **kwargs):
+    def __init__(self, num_heads, dropout=0.0, fused=True, **kwargs):
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.dropout = dropout
+        self.fused = fused
         # Passes the padding mask of its first input through unchanged.
         self.supports_masking = True
 
@@ -154,66 +164,55 @@ class MultiHeadAttention(keras.layers.Layer):
         x = ops.transpose(x, (0, 2, 1, 3))
         return ops.reshape(x, (batch, length, self.d_model))
 
-    def project_heads(self, x, projections):
-        """`x` through several Dense `projections` at once, split into heads.
-
-        [x W_1 + b_1, x W_2 + b_2, ...] as one matmul with the kernels side by
-        side, on the 2-D view `(batch * length, d_model)` of `x`: one larger
-        matmul instead of several small ones, and in the backward pass one
-        matmul for the gradient of `x` instead of a sum of several. XLA on CPU
-        also computes the kernel gradient of a 2-D matmul about 1.5x faster
-        than of a 3-D one. The variables stay the Dense layers' own.
+    def project(self, query=None, key=None, value=None):
+        """Q W^Q, K W^K and V W^V, each split into h heads of width d_k.
 
         Args:
-            x: `(batch, length, d_model)`.
-            projections: Dense layers of width d_model, e.g. (W^Q, W^K, W^V).
+            query: `(batch, query_length, d_model)` or None.
+            key, value: `(batch, key_length, d_model)` or None.
 
         Returns:
-            A list with one `(batch, num_heads, length, d_k)` per projection,
-            equal to `split_heads(projection(x))`.
+            `(query_heads, key_heads, value_heads)`, each `(batch, num_heads,
+            length, d_k)`, or None where its input was None.
         """
-        batch, length = ops.shape(x)[0], ops.shape(x)[1]
-        kernels = [ops.cast(dense.kernel, self.compute_dtype) for dense in projections]
-        biases = [ops.cast(dense.bias, self.compute_dtype) for dense in projections]
-        kernel = kernels[0] if len(kernels) == 1 else ops.concatenate(kernels, axis=-1)
-        bias = biases[0] if len(biases) == 1 else ops.concatenate(biases, axis=-1)
-        rows = ops.matmul(ops.reshape(x, (-1, x.shape[-1])), kernel) + bias  # (batch * length, n * d_model)
-        heads = ops.reshape(rows, (batch, length, len(projections), self.num_heads, self.d_k))
-        heads = ops.transpose(heads, (2, 0, 3, 1, 4))  # (n, batch, num_heads, length, d_k)
-        # unstack, not slicing: under TensorFlow the gradient of each slice is a
-        # zero-filled full-size tensor (StridedSliceGrad), of unstack one stack.
-        return ops.unstack(heads, num=len(projections), axis=0)
+        inputs = ((query, self.query_dense), (key, self.key_dense), (value, self.value_dense))
+        if self.fused:
+            return self.fused_project(inputs)
+        return tuple(None if x is None else self.split_heads(dense(x)) for x, dense in inputs)
 
-    def project_query_key_value(self, query, value, key=None):
-        """The query, key and value heads.
+    def fused_project(self, inputs):
+        """`project` with one 2-D matmul per distinct input tensor.
 
-        The same function as the plain path `split_heads(query_dense(query))`
-        and `compute_key_value(value, key)` (tests hold them equal), computed
-        with `project_heads`: self-attention (`value is query`) as one
-        d_model x 3 d_model matmul; cross-attention as one for the queries and
-        one d_model x 2 d_model for keys and values. A separate `key` takes
-        the plain path.
+        The projections that read the same tensor (self-attention's W^Q, W^K,
+        W^V; cross-attention's W^K, W^V) run as one matmul with their kernels
+        side by side, on the 2-D view `(batch * length, d_model)` of that
+        tensor: one larger matmul instead of several small ones, and in the
+        backward pass one matmul for the gradient of the input instead of a sum
+        of several. The variables stay the Dense layers' own, so `.keras`
+        files are the same with or without `fused`.
+
+        Args:
+            inputs: three `(x or None, Dense)` pairs: query, key, value.
 
         Returns:
-            `(query_heads, key_heads, value_heads)`, each `(batch, num_heads, length, d_k)`.
+            As `project`.
         """
-        if key is not None and key is not value:
-            return (self.split_heads(self.query_dense(query)), *self.compute_key_value(value, key))
-        if value is query:
-            return tuple(self.project_heads(query, (self.query_dense, self.key_dense, self.value_dense)))
-        (query_heads,) = self.project_heads(query, (self.query_dense,))
-        return (query_heads, *self.project_heads(value, (self.key_dense, self.value_dense)))
-
-    def compute_key_value(self, value, key=None):
-        """Projects keys and values once, e.g. the encoder output for cross-attention.
-
-        Returns:
-            `(key, value)`, each `(batch, num_heads, key_length, d_k)`: usable as
-            `cache`. Two tensors, not one stacked: each step reads and writes
-            them without slicing or re-stacking copies.
-        """
-        key = value if key is None else key
-        return self.split_heads(self.key_dense(key)), self.split_heads(self.value_dense(value))
+        heads = [None] * len(inputs)
+        for i, (x, _) in enumerate(inputs):
+            if x is None or heads[i] is not None:
+                continue
+            same = [j for j, (other, _) in enumerate(inputs) if other is x]
+            kernel = ops.concatenate([ops.cast(inputs[j][1].kernel, self.compute_dtype) for j in same], axis=-1)
+            bias = ops.concatenate([ops.cast(inputs[j][1].bias, self.compute_dtype) for j in same], axis=-1)
+            batch, length = ops.shape(x)[0], ops.shape(x)[1]
+            rows = ops.matmul(ops.reshape(x, (-1, x.shape[-1])), kernel) + bias  # (batch * length, n * d_model)
+            projected = ops.reshape(rows, (batch, length, len(same), self.num_heads, self.d_k))
+            projected = ops.transpose(projected, (2, 0, 3, 1, 4))  # (n, batch, num_heads, length, d_k)
+            # unstack, not slicing: under TensorFlow the gradient of each slice is a
+            # zero-filled full-size tensor (StridedSliceGrad), of unstack one stack.
+            for j, one in zip(same, ops.unstack(projected, num=len(same), axis=0)):
+                heads[j] = one
+        return tuple(heads)
 
     def call(
         self,
@@ -227,44 +226,45 @@ class MultiHeadAttention(keras.layers.Layer):
         return_attention_scores=False,
         training=None,
     ):
-        updates_cache = cache is not None and cache_update_index is not None
-        if cache is None:
-            query_heads, key_heads, value_heads = self.project_query_key_value(query, value, key)
-        elif not updates_cache:
-            (query_heads,) = self.project_heads(query, (self.query_dense,))
-            key_heads, value_heads = cache
-        else:
-            query_heads, new_key, new_value = self.project_query_key_value(query, value, key)
-            key_heads = write_position(cache[0], cache_update_index, new_key)
-            value_heads = write_position(cache[1], cache_update_index, new_value)
-            cache = (key_heads, value_heads)
+        # Q W^Q, K W^K, V W^V, each split into h heads.
+        query_heads, key_heads, value_heads = self.project(query, value if key is None else key, value)
+
+        if cache is not None:
+            # Incremental decoding: the keys and values of earlier positions come from the cache.
+            if cache_update_index is None:  # cross-attention: the encoder output's, projected once
+                key_heads, value_heads = cache
+            else:  # self-attention: this step's keys and values are written at its position
+                key_heads = write_position(cache[0], cache_update_index, key_heads)
+                value_heads = write_position(cache[1], cache_update_index, value_heads)
+                cache = (key_heads, value_heads)
 
         mask = None
         if key_padding_mask is not None:
             mask = key_padding_mask[:, None, None, :]  # broadcast over heads, queries
         if use_causal_mask:
-            causal = causal_mask(
-                ops.shape(query_heads)[2],
-                ops.shape(key_heads)[2],
-                0 if cache_update_index is None else cache_update_index,
-            )
+            query_offset = 0 if cache_update_index is None else cache_update_index
+            causal = causal_mask(ops.shape(query_heads)[2], ops.shape(key_heads)[2], query_offset)
             mask = causal if mask is None else ops.logical_and(mask, causal)
 
+        # head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V), every head at once.
         heads, weights = scaled_dot_product_attention(
             query_heads, key_heads, value_heads, mask, self.weights_dropout, training
         )
-        # W^O on the 2-D view `(batch * query_length, d_model)`, as in `project_heads`.
+        # Concat(head_1, ..., head_h) W^O.
         concatenated = self.concat_heads(heads)
-        output = ops.reshape(
-            self.output_dense(ops.reshape(concatenated, (-1, self.d_model))), ops.shape(concatenated)
-        )
+        output = position_wise(self.output_dense, concatenated) if self.fused else self.output_dense(concatenated)
 
         results = (output,)
         if return_attention_scores:
             results += (weights,)
-        if updates_cache:
+        if cache is not None and cache_update_index is not None:
             results += (cache,)
         return results[0] if len(results) == 1 else results
 
     def get_config(self):
-        return {**super().get_config(), "num_heads": self.num_heads, "dropout": self.dropout}
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "dropout": self.dropout,
+            "fused": self.fused,
+        }

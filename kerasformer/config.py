@@ -28,6 +28,12 @@ class TransformerConfig:
             True is pre-norm x + Sublayer(LayerNorm(x)) with a final LayerNorm.
         tie_embeddings: share the target embedding matrix with the pre-softmax
             linear transformation (paper, section 3.4).
+        fused: the same model computed faster: the attention projections that
+            read one input as one matmul, and every position-wise matmul on the
+            2-D view `(batch * length, d_model)` (`MultiHeadAttention.fused_project`,
+            `feed_forward.position_wise`). False runs the plain path the
+            docstrings describe; the weights and `.keras` files are the same
+            either way (benchmarks/train_throughput.py --compare-fused times both).
     """
 
     source_vocab_size: int = 8000
@@ -42,6 +48,7 @@ class TransformerConfig:
     positional: str = "sinusoidal"
     norm_first: bool = False
     tie_embeddings: bool = True
+    fused: bool = True
 
     def __post_init__(self):
         for name in (
@@ -57,7 +64,7 @@ class TransformerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
-        for name in ("norm_first", "tie_embeddings"):
+        for name in ("norm_first", "tie_embeddings", "fused"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be true or false")
         if self.d_model % self.num_heads:

@@ -7,7 +7,7 @@ from keras import ops
 from kerasformer.add_norm import AddNorm
 from kerasformer.attention import MultiHeadAttention
 from kerasformer.embedding import PositionalEmbedding
-from kerasformer.feed_forward import FeedForward
+from kerasformer.feed_forward import FeedForward, position_wise
 from kerasformer.masks import padding_mask
 
 
@@ -20,7 +20,7 @@ class DecoderBlock(keras.layers.Layer):
         x = AddNorm(x, FFN(x))
 
     Args:
-        num_heads, d_ff, dropout, norm_first: as in `TransformerConfig`.
+        num_heads, d_ff, dropout, norm_first, fused: as in `TransformerConfig`.
 
     Call arguments:
         x: `(batch, target_length, d_model)`.
@@ -33,7 +33,7 @@ class DecoderBlock(keras.layers.Layer):
             (incremental decoding).
         cache_update_index: position of `x`'s first token.
         cross_attention_cache: `(key, value)`, each `(batch, num_heads,
-            source_length, d_k)`, from `cross_attention.compute_key_value(encoder_output)`.
+            source_length, d_k)`, from `Decoder.compute_cross_attention_cache`.
         return_attention_scores: also return the cross-attention weights
             `(batch, num_heads, target_length, source_length)`.
 
@@ -42,12 +42,13 @@ class DecoderBlock(keras.layers.Layer):
         requested; then the updated self-attention cache if one was given.
     """
 
-    def __init__(self, num_heads, d_ff, dropout=0.0, norm_first=False, **kwargs):
+    def __init__(self, num_heads, d_ff, dropout=0.0, norm_first=False, fused=True, **kwargs):
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.d_ff = d_ff
         self.dropout = dropout
         self.norm_first = norm_first
+        self.fused = fused
         self.supports_masking = True
 
     def build(self, x_shape, encoder_output_shape=None):
@@ -60,16 +61,18 @@ class DecoderBlock(keras.layers.Layer):
             return layer
 
         self.self_attention = MultiHeadAttention(
-            self.num_heads, self.dropout, name="self_attention", dtype=policy
+            self.num_heads, self.dropout, self.fused, name="self_attention", dtype=policy
         )
         self.self_attention.build(x_shape, x_shape)
         self.self_attention_add_norm = add_norm("self_attention_add_norm")
         self.cross_attention = MultiHeadAttention(
-            self.num_heads, self.dropout, name="cross_attention", dtype=policy
+            self.num_heads, self.dropout, self.fused, name="cross_attention", dtype=policy
         )
         self.cross_attention.build(x_shape, encoder_output_shape)
         self.cross_attention_add_norm = add_norm("cross_attention_add_norm")
-        self.feed_forward = FeedForward(self.d_ff, self.dropout, name="feed_forward", dtype=policy)
+        self.feed_forward = FeedForward(
+            self.d_ff, self.dropout, self.fused, name="feed_forward", dtype=policy
+        )
         self.feed_forward.build(x_shape)
         self.feed_forward_add_norm = add_norm("feed_forward_add_norm")
 
@@ -85,35 +88,35 @@ class DecoderBlock(keras.layers.Layer):
         return_attention_scores=False,
         training=None,
     ):
-        # Masked self-attention: position t sees positions <= t only.
-        h = self.self_attention_add_norm.sublayer_input(x)
-        attended = self.self_attention(
-            h, h,
-            key_padding_mask=decoder_padding_mask,
-            use_causal_mask=True,
-            cache=self_attention_cache,
-            cache_update_index=cache_update_index,
-            training=training,
-        )
+        def masked_self_attention(x):  # position t sees positions <= t only
+            return self.self_attention(
+                x, x,
+                key_padding_mask=decoder_padding_mask,
+                use_causal_mask=True,
+                cache=self_attention_cache,
+                cache_update_index=cache_update_index,
+                training=training,
+            )
+
+        def cross_attention(x):  # queries from the decoder, keys and values from the encoder
+            return self.cross_attention(
+                x, encoder_output,
+                key_padding_mask=encoder_padding_mask,
+                cache=cross_attention_cache,
+                return_attention_scores=return_attention_scores,
+                training=training,
+            )
+
+        def feed_forward(x):
+            return self.feed_forward(x, training=training)
+
+        x = self.self_attention_add_norm(x, sublayer=masked_self_attention, training=training)
         if self_attention_cache is not None:
-            attended, self_attention_cache = attended
-        x = self.self_attention_add_norm(x, attended, training=training)
-
-        # Cross-attention: queries from the decoder, keys and values from the encoder.
-        h = self.cross_attention_add_norm.sublayer_input(x)
-        attended = self.cross_attention(
-            h, encoder_output,
-            key_padding_mask=encoder_padding_mask,
-            cache=cross_attention_cache,
-            return_attention_scores=return_attention_scores,
-            training=training,
-        )
+            x, self_attention_cache = x
+        x = self.cross_attention_add_norm(x, sublayer=cross_attention, training=training)
         if return_attention_scores:
-            attended, cross_attention_weights = attended
-        x = self.cross_attention_add_norm(x, attended, training=training)
-
-        h = self.feed_forward_add_norm.sublayer_input(x)
-        x = self.feed_forward_add_norm(x, self.feed_forward(h, training=training), training=training)
+            x, cross_attention_weights = x
+        x = self.feed_forward_add_norm(x, sublayer=feed_forward, training=training)
 
         results = (x,)
         if return_attention_scores:
@@ -129,6 +132,7 @@ class DecoderBlock(keras.layers.Layer):
             "d_ff": self.d_ff,
             "dropout": self.dropout,
             "norm_first": self.norm_first,
+            "fused": self.fused,
         }
 
 
@@ -144,7 +148,7 @@ class Decoder(keras.layers.Layer):
 
     Args:
         vocab_size, num_layers, d_model, num_heads, d_ff, dropout, max_length,
-        positional, norm_first, tie_embeddings: as in `TransformerConfig`
+        positional, norm_first, tie_embeddings, fused: as in `TransformerConfig`
         (target side).
 
     Call arguments:
@@ -161,7 +165,7 @@ class Decoder(keras.layers.Layer):
     def __init__(
         self, vocab_size, num_layers, d_model, num_heads, d_ff, dropout=0.0,
         max_length=512, positional="sinusoidal", norm_first=False, tie_embeddings=True,
-        **kwargs,
+        fused=True, **kwargs,
     ):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
@@ -174,6 +178,7 @@ class Decoder(keras.layers.Layer):
         self.positional = positional
         self.norm_first = norm_first
         self.tie_embeddings = tie_embeddings
+        self.fused = fused
 
     def build(self, token_ids_shape, encoder_output_shape=None):
         policy = self.dtype_policy
@@ -186,7 +191,7 @@ class Decoder(keras.layers.Layer):
         self.blocks = []
         for i in range(self.num_layers):
             block = DecoderBlock(
-                self.num_heads, self.d_ff, self.dropout, self.norm_first,
+                self.num_heads, self.d_ff, self.dropout, self.norm_first, self.fused,
                 name=f"block_{i}", dtype=policy,
             )
             block.build(x_shape, encoder_output_shape)
@@ -207,16 +212,14 @@ class Decoder(keras.layers.Layer):
     def logits(self, x):
         """The final linear transformation `(batch, length, d_model)` ->
         float32 `(batch, length, vocab_size)`."""
-        # Every position is a row of one 2-D matmul: XLA on CPU computes the
-        # kernel gradient of a 3-D x 2-D matmul more than 2x slower, and this
-        # is the model's largest matmul.
-        batch, length = ops.shape(x)[0], ops.shape(x)[1]
-        rows = ops.reshape(x, (-1, x.shape[-1]))
-        if self.output_projection is not None:
-            logits = self.output_projection(rows)
-        else:
-            logits = ops.matmul(rows, ops.transpose(ops.cast(self.embedding.embeddings, x.dtype)))
-        return ops.cast(ops.reshape(logits, (batch, length, self.vocab_size)), "float32")
+
+        def linear(x):
+            if self.output_projection is not None:
+                return self.output_projection(x)
+            return ops.matmul(x, ops.transpose(ops.cast(self.embedding.embeddings, x.dtype)))
+
+        logits = position_wise(linear, x) if self.fused else linear(x)
+        return ops.cast(logits, "float32")
 
     def compute_cross_attention_cache(self, encoder_output):
         """Every block's cross-attention keys and values, computed once per source.
@@ -226,7 +229,9 @@ class Decoder(keras.layers.Layer):
             num_heads, source_length, d_k)`. Kept apart, not stacked into one
             tensor: a decoding step then reads them without slicing copies.
         """
-        return tuple(block.cross_attention.compute_key_value(encoder_output) for block in self.blocks)
+        return tuple(
+            block.cross_attention.project(key=encoder_output, value=encoder_output)[1:] for block in self.blocks
+        )
 
     def empty_self_attention_cache(self, batch_size, max_length):
         """Zeros to decode into: a tuple with one `(key, value)` pair per block,
@@ -308,4 +313,5 @@ class Decoder(keras.layers.Layer):
             "positional": self.positional,
             "norm_first": self.norm_first,
             "tie_embeddings": self.tie_embeddings,
+            "fused": self.fused,
         }

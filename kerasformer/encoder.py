@@ -17,7 +17,7 @@ class EncoderBlock(keras.layers.Layer):
         x = AddNorm(x, FFN(x))
 
     Args:
-        num_heads, d_ff, dropout, norm_first: as in `TransformerConfig`.
+        num_heads, d_ff, dropout, norm_first, fused: as in `TransformerConfig`.
 
     Call arguments:
         x: `(batch, source_length, d_model)`.
@@ -27,25 +27,28 @@ class EncoderBlock(keras.layers.Layer):
         `(batch, source_length, d_model)`.
     """
 
-    def __init__(self, num_heads, d_ff, dropout=0.0, norm_first=False, **kwargs):
+    def __init__(self, num_heads, d_ff, dropout=0.0, norm_first=False, fused=True, **kwargs):
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.d_ff = d_ff
         self.dropout = dropout
         self.norm_first = norm_first
+        self.fused = fused
         self.supports_masking = True
 
     def build(self, x_shape):
         policy = self.dtype_policy
         self.self_attention = MultiHeadAttention(
-            self.num_heads, self.dropout, name="self_attention", dtype=policy
+            self.num_heads, self.dropout, self.fused, name="self_attention", dtype=policy
         )
         self.self_attention.build(x_shape, x_shape)
         self.self_attention_add_norm = AddNorm(
             self.dropout, self.norm_first, name="self_attention_add_norm", dtype=policy
         )
         self.self_attention_add_norm.build(x_shape)
-        self.feed_forward = FeedForward(self.d_ff, self.dropout, name="feed_forward", dtype=policy)
+        self.feed_forward = FeedForward(
+            self.d_ff, self.dropout, self.fused, name="feed_forward", dtype=policy
+        )
         self.feed_forward.build(x_shape)
         self.feed_forward_add_norm = AddNorm(
             self.dropout, self.norm_first, name="feed_forward_add_norm", dtype=policy
@@ -53,11 +56,14 @@ class EncoderBlock(keras.layers.Layer):
         self.feed_forward_add_norm.build(x_shape)
 
     def call(self, x, padding_mask=None, training=None):
-        h = self.self_attention_add_norm.sublayer_input(x)
-        attended = self.self_attention(h, h, key_padding_mask=padding_mask, training=training)
-        x = self.self_attention_add_norm(x, attended, training=training)
-        h = self.feed_forward_add_norm.sublayer_input(x)
-        return self.feed_forward_add_norm(x, self.feed_forward(h, training=training), training=training)
+        def self_attention(x):
+            return self.self_attention(x, x, key_padding_mask=padding_mask, training=training)
+
+        def feed_forward(x):
+            return self.feed_forward(x, training=training)
+
+        x = self.self_attention_add_norm(x, sublayer=self_attention, training=training)
+        return self.feed_forward_add_norm(x, sublayer=feed_forward, training=training)
 
     def get_config(self):
         return {
@@ -66,6 +72,7 @@ class EncoderBlock(keras.layers.Layer):
             "d_ff": self.d_ff,
             "dropout": self.dropout,
             "norm_first": self.norm_first,
+            "fused": self.fused,
         }
 
 
@@ -78,7 +85,7 @@ class Encoder(keras.layers.Layer):
 
     Args:
         vocab_size, num_layers, d_model, num_heads, d_ff, dropout, max_length,
-        positional, norm_first: as in `TransformerConfig` (source side).
+        positional, norm_first, fused: as in `TransformerConfig` (source side).
 
     Call arguments:
         token_ids: int `(batch, source_length)`, 0 = padding.
@@ -89,7 +96,7 @@ class Encoder(keras.layers.Layer):
 
     def __init__(
         self, vocab_size, num_layers, d_model, num_heads, d_ff, dropout=0.0,
-        max_length=512, positional="sinusoidal", norm_first=False, **kwargs,
+        max_length=512, positional="sinusoidal", norm_first=False, fused=True, **kwargs,
     ):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
@@ -101,6 +108,7 @@ class Encoder(keras.layers.Layer):
         self.max_length = max_length
         self.positional = positional
         self.norm_first = norm_first
+        self.fused = fused
 
     def build(self, token_ids_shape):
         policy = self.dtype_policy
@@ -113,7 +121,7 @@ class Encoder(keras.layers.Layer):
         self.blocks = []
         for i in range(self.num_layers):
             block = EncoderBlock(
-                self.num_heads, self.d_ff, self.dropout, self.norm_first,
+                self.num_heads, self.d_ff, self.dropout, self.norm_first, self.fused,
                 name=f"block_{i}", dtype=policy,
             )
             block.build(x_shape)
@@ -144,4 +152,5 @@ class Encoder(keras.layers.Layer):
             "max_length": self.max_length,
             "positional": self.positional,
             "norm_first": self.norm_first,
+            "fused": self.fused,
         }

@@ -45,6 +45,7 @@ def build_seq2seq(config: TransformerConfig, name="transformer", dtype=None):
         dropout=config.dropout,
         positional=config.positional,
         norm_first=config.norm_first,
+        fused=config.fused,
         dtype=dtype,
     )
     encoder = Encoder(

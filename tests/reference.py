@@ -80,8 +80,8 @@ def causal(length):
 def encoder_block(x, block, key_padding):
     """AddNorm(x, SelfAttention(x)), then AddNorm(x, FFN(x)); key_padding (batch, length)."""
     mask = np.broadcast_to(key_padding[:, None, :], (x.shape[0], x.shape[1], x.shape[1]))
-    x = add_norm(x, lambda h: multi_head_attention(block.self_attention, h, h, mask)[0], block.self_attention_add_norm)
-    return add_norm(x, lambda h: feed_forward(h, block.feed_forward), block.feed_forward_add_norm)
+    x = add_norm(x, lambda x: multi_head_attention(block.self_attention, x, x, mask)[0], block.self_attention_add_norm)
+    return add_norm(x, lambda x: feed_forward(x, block.feed_forward), block.feed_forward_add_norm)
 
 
 def decoder_block(x, encoder_output, block, decoder_padding, encoder_padding):
@@ -89,8 +89,8 @@ def decoder_block(x, encoder_output, block, decoder_padding, encoder_padding):
     batch, t, s = x.shape[0], x.shape[1], encoder_output.shape[1]
     self_mask = decoder_padding[:, None, :] & causal(t)[None]
     cross_mask = np.broadcast_to(encoder_padding[:, None, :], (batch, t, s))
-    x = add_norm(x, lambda h: multi_head_attention(block.self_attention, h, h, self_mask)[0], block.self_attention_add_norm)
+    x = add_norm(x, lambda x: multi_head_attention(block.self_attention, x, x, self_mask)[0], block.self_attention_add_norm)
     x = add_norm(
-        x, lambda h: multi_head_attention(block.cross_attention, h, encoder_output, cross_mask)[0], block.cross_attention_add_norm
+        x, lambda x: multi_head_attention(block.cross_attention, x, encoder_output, cross_mask)[0], block.cross_attention_add_norm
     )
-    return add_norm(x, lambda h: feed_forward(h, block.feed_forward), block.feed_forward_add_norm)
+    return add_norm(x, lambda x: feed_forward(x, block.feed_forward), block.feed_forward_add_norm)

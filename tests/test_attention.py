@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import reference
 from conftest import layer_model, numpy, round_trip
+from gradients import fused_and_plain, variable_gradients
 from keras import ops
 
 from kerasformer import MultiHeadAttention, scaled_dot_product_attention
@@ -69,8 +70,9 @@ def test_causal_mask_matches_reference_and_hides_the_future():
     assert np.all(numpy(weights)[..., np.triu_indices(QUERY_LENGTH, 1)[0], np.triu_indices(QUERY_LENGTH, 1)[1]] == 0)
 
 
-def test_incremental_decoding_with_cache_equals_full_causal_attention():
-    layer = MultiHeadAttention(num_heads=HEADS)
+@pytest.mark.parametrize("fused", [True, False])
+def test_incremental_decoding_with_cache_equals_full_causal_attention(fused):
+    layer = MultiHeadAttention(num_heads=HEADS, fused=fused)
     x = random(BATCH, QUERY_LENGTH, D_MODEL)
     full = numpy(layer(x, x, use_causal_mask=True))
     max_length = QUERY_LENGTH + 3  # a cache longer than the sequence
@@ -96,11 +98,12 @@ def test_write_position_refuses_more_than_one_position():
         write_position(random(BATCH, HEADS, 8, 4), 0, random(BATCH, HEADS, 2, 4))
 
 
-def test_precomputed_cross_attention_keys_values_equal_recomputing_them():
-    layer = MultiHeadAttention(num_heads=HEADS)
+@pytest.mark.parametrize("fused", [True, False])
+def test_precomputed_cross_attention_keys_values_equal_recomputing_them(fused):
+    layer = MultiHeadAttention(num_heads=HEADS, fused=fused)
     query, value = random(BATCH, QUERY_LENGTH, D_MODEL), random(BATCH, KEY_LENGTH, D_MODEL, seed=1)
     direct = numpy(layer(query, value, key_padding_mask=key_padding()))
-    cache = layer.compute_key_value(value)
+    cache = layer.project(key=value, value=value)[1:]
     assert [tuple(part.shape) for part in cache] == [(BATCH, HEADS, KEY_LENGTH, D_MODEL // HEADS)] * 2
     cached = numpy(layer(query, None, key_padding_mask=key_padding(), cache=cache))
     np.testing.assert_allclose(cached, direct, atol=1e-6)
@@ -115,8 +118,9 @@ def test_attention_dropout_only_in_training():
     assert (numpy(trained) == 0).mean() > 0.2
 
 
-def test_round_trip(tmp_path):
-    layer = MultiHeadAttention(num_heads=HEADS, dropout=0.1, name="attention")
+@pytest.mark.parametrize("fused", [True, False])
+def test_round_trip(tmp_path, fused):
+    layer = MultiHeadAttention(num_heads=HEADS, dropout=0.1, fused=fused, name="attention")
     assert MultiHeadAttention.from_config(layer.get_config()).get_config() == layer.get_config()
     model = layer_model(layer, ((None, D_MODEL), "float32"), ((None, D_MODEL), "float32"))
     inputs = [random(BATCH, QUERY_LENGTH, D_MODEL), random(BATCH, KEY_LENGTH, D_MODEL, seed=1)]
@@ -134,18 +138,54 @@ def tensor(*shape, seed=0):
     return ops.convert_to_tensor(random(*shape, seed=seed))
 
 
-@pytest.mark.parametrize("attention", ["self", "cross", "separate key"])
-def test_fused_projections_equal_the_separate_dense_layers(attention):
-    layer = MultiHeadAttention(num_heads=HEADS)
-    query = tensor(BATCH, QUERY_LENGTH, D_MODEL)
-    value = query if attention == "self" else tensor(BATCH, KEY_LENGTH, D_MODEL, seed=1)
-    key = tensor(BATCH, KEY_LENGTH, D_MODEL, seed=2) if attention == "separate key" else None
-    layer(query, value, key)
-    fused = layer.project_query_key_value(query, value, key)
-    plain = (layer.split_heads(layer.query_dense(query)), *layer.compute_key_value(value, key))
-    for fused_heads, plain_heads in zip(fused, plain):
-        assert tuple(fused_heads.shape) == tuple(plain_heads.shape)
-        np.testing.assert_allclose(numpy(fused_heads), numpy(plain_heads), atol=1e-5)
+def attention_cases():
+    """name -> (call arguments, keyword arguments): every way the model calls attention."""
+    x, encoder_output = tensor(BATCH, QUERY_LENGTH, D_MODEL), tensor(BATCH, KEY_LENGTH, D_MODEL, seed=1)
+    key = tensor(BATCH, KEY_LENGTH, D_MODEL, seed=2)
+    empty = ops.zeros((BATCH, HEADS, QUERY_LENGTH + 2, D_MODEL // HEADS))
+    return {
+        "self": ((x, x), dict(key_padding_mask=key_padding()[:, :QUERY_LENGTH], use_causal_mask=True)),
+        "cross": ((x, encoder_output), dict(key_padding_mask=key_padding())),
+        "separate key": ((x, encoder_output, key), {}),
+        "cached self": ((x[:, 3:4], x[:, 3:4]), dict(use_causal_mask=True, cache=(empty, empty), cache_update_index=3)),
+    }
+
+
+@pytest.mark.parametrize("case", ["self", "cross", "separate key", "cached self"])
+def test_fused_path_equals_the_plain_path_forward_and_gradients(case):
+    args, kwargs = attention_cases()[case]
+    fused, plain = fused_and_plain(lambda fused: MultiHeadAttention(num_heads=HEADS, fused=fused), *args, **kwargs)
+    fused_out, plain_out = fused(*args, **kwargs), plain(*args, **kwargs)
+    if "cache" in kwargs:  # (output, cache): the written caches too
+        for fused_part, plain_part in zip(fused_out[1], plain_out[1]):
+            np.testing.assert_allclose(numpy(fused_part), numpy(plain_part), atol=1e-5)
+        fused_out, plain_out = fused_out[0], plain_out[0]
+    np.testing.assert_allclose(numpy(fused_out), numpy(plain_out), atol=1e-5)
+
+    weights = ops.convert_to_tensor(random(*fused_out.shape, seed=3))
+
+    def loss(layer):
+        out = layer(*args, **kwargs)
+        return ops.sum((out[0] if isinstance(out, tuple) else out) * weights)
+
+    fused_gradients = variable_gradients(fused.trainable_variables, lambda: loss(fused))
+    plain_gradients = variable_gradients(plain.trainable_variables, lambda: loss(plain))
+    assert len(fused_gradients) == len(plain_gradients) == 8  # W^Q, W^K, W^V, W^O and their biases
+    for variable, fused_gradient, plain_gradient in zip(plain.trainable_variables, fused_gradients, plain_gradients):
+        np.testing.assert_allclose(fused_gradient, plain_gradient, atol=1e-4, err_msg=variable.path)
+
+
+def test_fused_and_plain_projections_give_the_same_heads():
+    x, encoder_output = tensor(BATCH, QUERY_LENGTH, D_MODEL), tensor(BATCH, KEY_LENGTH, D_MODEL, seed=1)
+    fused, plain = fused_and_plain(lambda fused: MultiHeadAttention(num_heads=HEADS, fused=fused), x, encoder_output)
+    for query, key, value in [(x, x, x), (x, encoder_output, encoder_output), (None, encoder_output, encoder_output),
+                              (x, None, None)]:
+        for fused_heads, plain_heads in zip(fused.project(query, key, value), plain.project(query, key, value)):
+            if plain_heads is None:
+                assert fused_heads is None
+                continue
+            assert tuple(fused_heads.shape) == tuple(plain_heads.shape)
+            np.testing.assert_allclose(numpy(fused_heads), numpy(plain_heads), atol=1e-5)
 
 
 def test_self_attention_through_the_fused_projection_matches_reference():
@@ -157,15 +197,18 @@ def test_self_attention_through_the_fused_projection_matches_reference():
     np.testing.assert_allclose(numpy(out), ref_out, atol=1e-5)
 
 
-def test_fused_projections_under_mixed_precision_equal_the_separate_dense_layers():
-    layer = MultiHeadAttention(num_heads=HEADS, dtype="mixed_bfloat16")
+def test_fused_path_under_mixed_precision_equals_the_plain_path():
     x = ops.cast(tensor(BATCH, QUERY_LENGTH, D_MODEL), "bfloat16")
-    out = layer(x, x)
-    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
-    fused = layer.project_query_key_value(x, x)
-    plain = (layer.split_heads(layer.query_dense(x)), *layer.compute_key_value(x))
-    for fused_heads, plain_heads in zip(fused, plain):
+    fused, plain = fused_and_plain(
+        lambda fused: MultiHeadAttention(num_heads=HEADS, fused=fused, dtype="mixed_bfloat16"), x, x
+    )
+    fused_out, plain_out = fused(x, x), plain(x, x)
+    assert keras.backend.standardize_dtype(fused_out.dtype) == "bfloat16"
+    for fused_heads, plain_heads in zip(fused.project(x, x, x), plain.project(x, x, x)):
         assert keras.backend.standardize_dtype(fused_heads.dtype) == "bfloat16"
         np.testing.assert_allclose(
             numpy(ops.cast(fused_heads, "float32")), numpy(ops.cast(plain_heads, "float32")), atol=0.05
         )
+    np.testing.assert_allclose(
+        numpy(ops.cast(fused_out, "float32")), numpy(ops.cast(plain_out, "float32")), atol=0.05
+    )

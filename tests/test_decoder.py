@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import reference
 from conftest import layer_model, numpy, random_tokens, round_trip
+from gradients import fused_and_plain, variable_gradients
+from keras import ops
 
 from kerasformer import Decoder, DecoderBlock
 
@@ -35,11 +37,12 @@ def test_decoder_block_returns_cross_attention_weights_with_padding_at_zero():
     assert np.all(weights[1, ..., 4:] == 0)
 
 
-def test_decoder_block_incremental_with_caches_equals_full_pass():
-    block = DecoderBlock(num_heads=4, d_ff=32)
+@pytest.mark.parametrize("fused", [True, False])
+def test_decoder_block_incremental_with_caches_equals_full_pass(fused):
+    block = DecoderBlock(num_heads=4, d_ff=32, fused=fused)
     x, encoder_output = random(2, 5, 16), random(2, 7, 16, seed=1)
     full = numpy(block(x, encoder_output, encoder_padding_mask=ENCODER_PADDING))
-    cross_cache = block.cross_attention.compute_key_value(encoder_output)
+    cross_cache = block.cross_attention.project(key=encoder_output, value=encoder_output)[1:]
     self_cache = (np.zeros((2, 4, 8, 4), "float32"), np.zeros((2, 4, 8, 4), "float32"))
     steps = []
     for t in range(5):
@@ -69,9 +72,11 @@ def test_decoder_is_embedding_blocks_and_final_linear(tie_embeddings):
     np.testing.assert_allclose(logits, expected, atol=1e-4)
 
 
-@pytest.mark.parametrize("norm_first", [False, True])
-def test_decode_steps_with_caches_give_the_logits_of_the_full_pass(norm_first):
-    decoder = Decoder(vocab_size=30, num_layers=2, d_model=16, num_heads=4, d_ff=32, max_length=12, norm_first=norm_first)
+@pytest.mark.parametrize("norm_first,fused", [(False, True), (True, True), (False, False)])
+def test_decode_steps_with_caches_give_the_logits_of_the_full_pass(norm_first, fused):
+    decoder = Decoder(
+        vocab_size=30, num_layers=2, d_model=16, num_heads=4, d_ff=32, max_length=12, norm_first=norm_first, fused=fused
+    )
     tokens = random_tokens(np.random.default_rng(0), 2, 5, 30)
     encoder_output = random(2, 7, 16, seed=1)
     full = numpy(decoder(tokens, encoder_output, ENCODER_PADDING))
@@ -86,6 +91,35 @@ def test_decode_steps_with_caches_give_the_logits_of_the_full_pass(norm_first):
     np.testing.assert_allclose(np.stack(steps, 1), full, atol=1e-4)
 
 
+@pytest.mark.parametrize("norm_first,tie_embeddings", [(False, True), (True, False)])
+def test_fused_decoder_equals_the_plain_decoder_forward_and_gradients(norm_first, tie_embeddings):
+    """The whole stack: fused projections, 2-D views of attention, feed-forward
+    and logits, and the gradients that flow back through every block."""
+    tokens = random_tokens(np.random.default_rng(0), 2, 5, 30, pad_from=[5, 2])
+    encoder_output = ops.convert_to_tensor(random(2, 7, 16, seed=1))
+
+    def make(fused):
+        return Decoder(
+            vocab_size=30, num_layers=2, d_model=16, num_heads=4, d_ff=32, max_length=12,
+            norm_first=norm_first, tie_embeddings=tie_embeddings, fused=fused,
+        )
+
+    fused, plain = fused_and_plain(make, tokens, encoder_output, ENCODER_PADDING)
+    np.testing.assert_allclose(
+        numpy(fused(tokens, encoder_output, ENCODER_PADDING)), numpy(plain(tokens, encoder_output, ENCODER_PADDING)),
+        atol=1e-4,
+    )
+    weights = ops.convert_to_tensor(random(2, 5, 30, seed=2))
+
+    def loss(decoder):
+        return lambda: ops.sum(decoder(tokens, encoder_output, ENCODER_PADDING) * weights)
+
+    fused_gradients = variable_gradients(fused.trainable_variables, loss(fused))
+    plain_gradients = variable_gradients(plain.trainable_variables, loss(plain))
+    for variable, fused_gradient, plain_gradient in zip(plain.trainable_variables, fused_gradients, plain_gradients):
+        np.testing.assert_allclose(fused_gradient, plain_gradient, atol=1e-4, err_msg=variable.path)
+
+
 def test_tied_decoder_has_no_separate_projection_weights():
     def count(tie):
         decoder = Decoder(vocab_size=30, num_layers=1, d_model=16, num_heads=4, d_ff=32, tie_embeddings=tie)
@@ -95,14 +129,14 @@ def test_tied_decoder_has_no_separate_projection_weights():
     assert count(False) - count(True) == 16 * 30 + 30
 
 
-@pytest.mark.parametrize("norm_first", [False, True])
-def test_round_trip(tmp_path, norm_first):
+@pytest.mark.parametrize("norm_first,fused", [(False, True), (True, True), (False, False)])
+def test_round_trip(tmp_path, norm_first, fused):
     decoder = Decoder(
         vocab_size=30, num_layers=2, d_model=16, num_heads=4, d_ff=32, dropout=0.1,
-        max_length=12, norm_first=norm_first, tie_embeddings=False,
+        max_length=12, norm_first=norm_first, tie_embeddings=False, fused=fused,
     )
     assert Decoder.from_config(decoder.get_config()).get_config() == decoder.get_config()
-    block = DecoderBlock(num_heads=4, d_ff=32, dropout=0.1, norm_first=norm_first)
+    block = DecoderBlock(num_heads=4, d_ff=32, dropout=0.1, norm_first=norm_first, fused=fused)
     assert DecoderBlock.from_config(block.get_config()).get_config() == block.get_config()
     model = layer_model(decoder, ((None,), "int32"), ((None, 16), "float32"))
     tokens = random_tokens(np.random.default_rng(0), 2, 5, 30, pad_from=[5, 2])

@@ -4,11 +4,27 @@ import pytest
 from conftest import numpy
 
 from kerasformer import build_seq2seq, preset
-from kerasformer.decoding import (
-    beam_search, best_token, greedy_decode, greedy_decode_uncached, length_penalty, sequence_score,
-)
+from kerasformer.decoding import beam_search, best_token, greedy_decode, length_penalty, sequence_score
 
 START, END, VOCAB = 1, 2, 13  # digits are ids 3..12
+
+
+def greedy_decode_uncached(model, encoder_tokens, start_id, end_id, max_length):
+    """The reference loop, in NumPy around the model: re-runs the whole model on
+    the prefix at every step (as the TensorFlow tutorial does), O(t^2) work. Same
+    layout as `greedy_decode`: each row's tokens up to [END], then 0."""
+    batch_size = len(encoder_tokens)
+    decoder_tokens = np.full((batch_size, 1), start_id, "int32")
+    finished = np.zeros(batch_size, bool)
+    for _ in range(max_length):
+        logits = numpy(model({"encoder_tokens": encoder_tokens, "decoder_tokens": decoder_tokens}))[:, -1]
+        next_token = np.where(finished, 0, logits[:, 1:].argmax(-1) + 1).astype("int32")  # never padding
+        decoder_tokens = np.concatenate([decoder_tokens, next_token[:, None]], axis=1)
+        finished |= next_token == end_id
+        if finished.all():
+            break
+    tokens = decoder_tokens[:, 1:]
+    return np.pad(tokens, [(0, 0), (0, max_length - tokens.shape[1])])
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +55,25 @@ def test_best_token_never_predicts_padding():
 def test_cached_decoding_gives_exactly_the_tokens_of_full_recomputation(copy_model):
     source = np.array([[3, 4, 5, 6, 7], [12, 11, 10, 0, 0], [5, 5, 9, 9, 0]], "int32")
     cached = numpy(greedy_decode(copy_model, source, START, END, max_length=8))
-    uncached = numpy(greedy_decode_uncached(copy_model, source, START, END, max_length=8))
+    uncached = greedy_decode_uncached(copy_model, source, START, END, max_length=8)
     np.testing.assert_array_equal(cached, uncached)
     assert cached.shape == (3, 8)
+
+
+def test_the_plain_path_decodes_the_same_tokens_as_the_fused_one(copy_model):
+    plain = build_seq2seq(preset("tiny", source_vocab_size=VOCAB, target_vocab_size=VOCAB, fused=False))
+    plain.set_weights(copy_model.get_weights())
+    source = np.array([[3, 4, 5, 6, 7], [12, 11, 10, 0, 0], [5, 5, 9, 9, 0]], "int32")
+    for model in (copy_model, plain):
+        assert model.get_layer("decoder").fused is (model is copy_model)
+    np.testing.assert_array_equal(
+        numpy(greedy_decode(plain, source, START, END, max_length=8)),
+        numpy(greedy_decode(copy_model, source, START, END, max_length=8)),
+    )
+    plain_tokens, plain_scores = beam_search(plain, source, START, END, max_length=8, beam_size=3)
+    fused_tokens, fused_scores = beam_search(copy_model, source, START, END, max_length=8, beam_size=3)
+    np.testing.assert_array_equal(numpy(plain_tokens), numpy(fused_tokens))
+    np.testing.assert_allclose(numpy(plain_scores), numpy(fused_scores), rtol=1e-5)
 
 
 def test_decoding_stops_at_end_and_pads_after_it(copy_model):

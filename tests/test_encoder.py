@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import reference
 from conftest import layer_model, numpy, random_tokens, round_trip
+from gradients import fused_and_plain, variable_gradients
+from keras import ops
 
 from kerasformer import Encoder, EncoderBlock
 
@@ -12,9 +14,9 @@ def random(*shape, seed=0):
     return np.random.default_rng(seed).normal(size=shape).astype("float32")
 
 
-@pytest.mark.parametrize("norm_first", [False, True])
-def test_encoder_block_matches_reference(norm_first):
-    block = EncoderBlock(num_heads=4, d_ff=32, norm_first=norm_first)
+@pytest.mark.parametrize("norm_first,fused", [(False, True), (True, True), (False, False), (True, False)])
+def test_encoder_block_matches_reference(norm_first, fused):
+    block = EncoderBlock(num_heads=4, d_ff=32, norm_first=norm_first, fused=fused)
     x = random(2, 6, 16)
     padding = np.array([[1] * 6, [1] * 3 + [0] * 3], dtype=bool)
     out = numpy(block(x, padding_mask=padding))
@@ -32,6 +34,21 @@ def test_encoder_is_embedding_then_n_blocks():
     np.testing.assert_allclose(out, x, atol=1e-4)
 
 
+def test_fused_encoder_equals_the_plain_encoder_forward_and_gradients():
+    tokens = random_tokens(np.random.default_rng(0), 2, 6, 30, pad_from=[6, 4])
+
+    def make(fused):
+        return Encoder(vocab_size=30, num_layers=2, d_model=16, num_heads=4, d_ff=32, max_length=12, fused=fused)
+
+    fused, plain = fused_and_plain(make, tokens)
+    np.testing.assert_allclose(numpy(fused(tokens)), numpy(plain(tokens)), atol=1e-5)
+    weights = ops.convert_to_tensor(random(2, 6, 16, seed=1))
+    fused_gradients = variable_gradients(fused.trainable_variables, lambda: ops.sum(fused(tokens) * weights))
+    plain_gradients = variable_gradients(plain.trainable_variables, lambda: ops.sum(plain(tokens) * weights))
+    for variable, fused_gradient, plain_gradient in zip(plain.trainable_variables, fused_gradients, plain_gradients):
+        np.testing.assert_allclose(fused_gradient, plain_gradient, atol=1e-4, err_msg=variable.path)
+
+
 def test_trailing_source_padding_does_not_change_real_positions():
     encoder = Encoder(vocab_size=30, num_layers=2, d_model=16, num_heads=4, d_ff=32, max_length=12)
     tokens = random_tokens(np.random.default_rng(0), 2, 5, 30, pad_from=[5, 3])
@@ -40,14 +57,14 @@ def test_trailing_source_padding_does_not_change_real_positions():
     np.testing.assert_allclose(numpy(encoder(padded))[1, :3], numpy(encoder(tokens))[1, :3], atol=1e-5)
 
 
-@pytest.mark.parametrize("norm_first", [False, True])
-def test_round_trip(tmp_path, norm_first):
+@pytest.mark.parametrize("norm_first,fused", [(False, True), (True, True), (False, False)])
+def test_round_trip(tmp_path, norm_first, fused):
     encoder = Encoder(
         vocab_size=30, num_layers=2, d_model=16, num_heads=4, d_ff=32, dropout=0.1,
-        max_length=12, positional="learned", norm_first=norm_first,
+        max_length=12, positional="learned", norm_first=norm_first, fused=fused,
     )
     assert Encoder.from_config(encoder.get_config()).get_config() == encoder.get_config()
-    block = EncoderBlock(num_heads=4, d_ff=32, dropout=0.1, norm_first=norm_first)
+    block = EncoderBlock(num_heads=4, d_ff=32, dropout=0.1, norm_first=norm_first, fused=fused)
     assert EncoderBlock.from_config(block.get_config()).get_config() == block.get_config()
     model = layer_model(encoder, ((None,), "int32"))
     tokens = random_tokens(np.random.default_rng(0), 2, 6, 30, pad_from=[6, 2])

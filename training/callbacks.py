@@ -1,11 +1,12 @@
-"""Callbacks Keras does not ship: atomic checkpoints, a wall-clock budget, and a
-throughput meter."""
+"""Callbacks Keras does not ship: atomic checkpoints, a wall-clock budget, a
+throughput meter and a progress report with tokens/s."""
 
 import time
 
 import keras
 
 from training.files import atomic_save
+from training.progress import Progress
 
 
 class AtomicCheckpoint(keras.callbacks.Callback):
@@ -80,3 +81,36 @@ class Throughput(keras.callbacks.Callback):
             return
         self.seconds += time.monotonic() - self.clock_start - self.validation_seconds
         self.steps += int(self.model.optimizer.iterations.numpy()) - self.start_iterations - 1
+
+
+class TrainingProgress(keras.callbacks.Callback):
+    """The run's progress, in place of `fit(verbose=...)`: each epoch a
+    `training.progress.Progress` of its steps with the running training loss, tokens/s and
+    the time left (a bar on a terminal, a line every `--progress-seconds` in a log file),
+    ended by one line with the epoch's metrics, validation included. Keras's own bar shows
+    no tokens/s, and written to a file (verbose=2) says nothing until an epoch ends.
+
+    Args:
+        epochs: the run's epochs (a resumed run's first `fit` covers the rest of one epoch).
+        steps_per_epoch: the steps of a whole epoch.
+        tokens_per_step: non-padding target tokens per step, on average over an epoch.
+        stream: where a terminal's bar is drawn (default: stderr).
+    """
+
+    def __init__(self, epochs, steps_per_epoch, tokens_per_step, stream=None):
+        super().__init__()
+        self.epochs, self.steps_per_epoch, self.tokens_per_step = epochs, steps_per_epoch, tokens_per_step
+        self.stream = stream
+        self.progress = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # A `fit` of fewer steps than an epoch finishes an interrupted one: count from where it was.
+        self.skipped = max(self.steps_per_epoch - (self.params.get("steps") or self.steps_per_epoch), 0)
+        self.progress = Progress(f"epoch {epoch + 1}/{self.epochs}", total=self.steps_per_epoch, unit="steps",
+                                 rates={"tokens/s": self.tokens_per_step}, stream=self.stream)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.progress.update(self.skipped + batch + 1, {"loss": (logs or {}).get("loss")})
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.progress.close(dict(logs or {}))

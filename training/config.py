@@ -1,5 +1,6 @@
 """The training run's settings: one flat dataclass of plain values, read from a
-TOML or YAML file and overridden by command-line flags; the resolved config is
+TOML or YAML file and overridden by command-line flags (`parse_args`: one flag per
+field, `--epochs 3`, `--jit-compile`/`--no-jit-compile`); the resolved config is
 written into every run folder.
 
 Model hyperparameters are a preset name plus `model` overrides (any field of
@@ -7,7 +8,9 @@ Model hyperparameters are a preset name plus `model` overrides (any field of
 the tokenizers).
 """
 
+import argparse
 import dataclasses
+import json
 import math
 import os
 import tomllib
@@ -15,6 +18,7 @@ import tomllib
 import keras
 
 from kerasformer.config import PRESETS, TransformerConfig
+from training.cli import BooleanFlag, command_line
 from training.distribute import check_distribution
 
 DEFAULT_CORPUS = os.path.join(os.path.dirname(__file__), "corpus", "en-es")
@@ -114,6 +118,89 @@ class TrainConfig:
                 if not ok:
                     raise ValueError(f"{source}: {field.name}={value!r} must be {field.type.__name__}")
         return cls(**values)
+
+
+# The help of each field's flag (`kerasformer-train --help` adds the default).
+HELP = {
+    "run_dir": "the run folder (config, tokenizers, checkpoints, logs, metrics); running the same command "
+               "again resumes an unfinished run there",
+    "preset": f"model size, one of {', '.join(PRESETS)} (python -m kerasformer PRESET shows one)",
+    "model": "model overrides as a JSON object, e.g. '{\"num_layers\": 2}': any TransformerConfig field "
+             "but the vocabulary sizes",
+    "train_file": "training pairs, a .tsv or .csv file, optionally .gz ('': the embedded English->Spanish corpus)",
+    "validation_file": "validation pairs, as --train-file ('': the embedded corpus's)",
+    "test_file": "test pairs for kerasformer-evaluate, as --train-file ('': the embedded corpus's)",
+    "source_column": "CSV files: the header of the source column",
+    "target_column": "CSV files: the header of the target column",
+    "skip_malformed": "skip and count malformed corpus lines instead of stopping at the first",
+    "max_train_pairs": "train on the first N pairs only (0: all)",
+    "vocabulary_size": "SentencePiece vocabulary of each side (a soft limit: a small corpus gets fewer)",
+    "batch_tokens": "padded tokens per batch and side (the paper: about 25000)",
+    "epochs": "passes over the training pairs",
+    "time_budget_minutes": "stop training after this many minutes (0: no limit)",
+    "warmup_steps": "steps of the learning rate's linear warmup (the paper, section 5.3: 4000)",
+    "label_smoothing": "label smoothing epsilon_ls (the paper, section 5.4: 0.1)",
+    "patience": "stop after this many epochs without a lower validation loss",
+    "backup_every_steps": "save the resumable state every N steps too (0: at epoch ends only)",
+    "clip_norm": "scale the gradients down to this global norm (0: no clipping)",
+    "precision": f"one of {', '.join(PRECISIONS)}",
+    "initial_loss_scale": "mixed_float16: the dynamic loss scale to start from",
+    "loss_scale_growth_steps": "mixed_float16: double the loss scale after this many finite steps",
+    "jit_compile": "compile the training step: XLA under TensorFlow, jax.jit under JAX, torch.compile under torch",
+    "distribution": "none, or data_parallel (every GPU of the host shares each batch)",
+    "seed": "seed of the weights, dropout and the data order",
+}
+
+
+def parse_json_object(text):
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} reads as {value!r}, not a JSON object of model settings")
+    return value
+
+
+METAVARS = {int: "N", float: "NUMBER", str: "TEXT"}
+
+
+def make_parser(prog="kerasformer-train", description=None):
+    """kerasformer-train's flags: `--config FILE` and one flag per TrainConfig field, plus
+    the shared `--version`, `--log-level` and `--progress-seconds` (training/cli.py).
+
+    A field's flag defaults to None, "not given", so that only the flags given override the
+    config file; its help shows the TrainConfig default instead."""
+    parser = command_line(prog, description, progress=True)
+    parser.add_argument("--config", metavar="FILE", help="TOML or YAML file of the settings below (flags override it; "
+                                         "default: none, the defaults shown)")
+    settings = parser.add_argument_group("settings (TrainConfig; each may also be a key of --config)")
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+        shown = json.dumps(default) if field.type is dict else repr(default) if field.type is str else default
+        text = f"{HELP[field.name]} (default: {shown})"
+        if field.type is bool:
+            settings.add_argument(flag, action=BooleanFlag, help=text)
+        elif field.type is dict:
+            settings.add_argument(flag, type=parse_json_object, metavar="JSON", help=text)
+        else:
+            settings.add_argument(flag, type=field.type, metavar=METAVARS[field.type], help=text)
+    return parser
+
+
+def config_from_args(args):
+    """The TrainConfig of parsed flags: the --config file's values, overridden by the flags
+    given. ValueError names the wrong setting and its value."""
+    values = load_config_file(args.config) if args.config else {}
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    overrides = {name: value for name, value in vars(args).items() if name in fields and value is not None}
+    return TrainConfig.from_dict({**values, **overrides}, source=args.config or "config")
+
+
+def parse_args(argv=None):
+    """The TrainConfig of a kerasformer-train command line."""
+    return config_from_args(make_parser().parse_args(argv))
 
 
 def load_config_file(path):

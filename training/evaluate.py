@@ -11,18 +11,22 @@ line) and `RUN_DIR/eval/<split>.scores.json` (scores with sacreBLEU's
 signatures; greedy at the top level, beam search under "beam"), and prints a
 few examples. `--attention` also draws the
 cross-attention of one decoder layer for a sentence (one panel per head).
+Decoding reports its progress on stderr (sentences, sentences/s, time left).
 """
 
-import argparse
+import contextlib
 import json
 import os
 import time
 
 import sacrebleu
+from keras import ops
 
+from training.cli import command_line, configure
 from training.config import TrainConfig
 from training.corpus_reader import read_corpus
 from training.files import atomic_write
+from training.progress import Progress
 from training.translator import Translator
 
 
@@ -51,7 +55,9 @@ def score(translator, corpus, hypotheses_path, label):
     """Decodes `corpus.sources` and writes the hypotheses; returns
     `(BLEU/chrF scores dict, hypotheses)`."""
     started = time.monotonic()
-    hypotheses = translator.translate(corpus.sources)
+    with Progress(f"{label} decoding", total=len(corpus.sources), unit="sentences",
+                  rates={"sentences/s": 1}) as progress, reporting(translator, progress):
+        hypotheses = translator.translate(corpus.sources)
     seconds = time.monotonic() - started
     bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
     bleu_score = bleu.corpus_score(hypotheses, [corpus.targets])
@@ -68,18 +74,47 @@ def score(translator, corpus, hypotheses_path, label):
     return scores, hypotheses
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir")
-    parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
-    parser.add_argument("--file", help="score this TSV/CSV instead of the run's split")
-    parser.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    parser.add_argument("--examples", type=int, default=5)
+@contextlib.contextmanager
+def reporting(translator, progress):
+    """Within the block, every batch `translator` decodes advances `progress` by its rows.
+
+    Translator.translate decodes in batches of similar lengths, one call of its compiled
+    `_decode` each; wrapping that call reports each batch without changing which sentences
+    are decoded together (and so without changing a single hypothesis)."""
+    decode = translator._decode
+
+    def decode_and_report(batch):
+        tokens = ops.convert_to_numpy(decode(batch))  # waits for the batch (JAX dispatches asynchronously)
+        progress.advance(len(batch))
+        return tokens
+
+    translator._decode = decode_and_report
+    try:
+        yield
+    finally:
+        translator._decode = decode
+
+
+def make_parser():
+    parser = command_line("kerasformer-evaluate", __doc__, progress=True)
+    parser.add_argument("run_dir", help="a training run folder (config.json, best.keras, tokenizers/)")
+    parser.add_argument("--split", default="test", choices=("train", "validation", "test"),
+                        help="the run's split to score: its config's *_file, or the embedded corpus's")
+    parser.add_argument("--file", help="score this TSV/CSV file instead of the run's split (default: none)")
+    parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="the model to score")
+    parser.add_argument("--examples", type=int, default=5, help="source, reference and hypothesis triples to print")
     parser.add_argument("--beam-size", type=int, default=4, help="beam search's beam (1: greedy only)")
     parser.add_argument("--alpha", type=float, default=0.6, help="beam search's length penalty exponent")
-    parser.add_argument("--attention", help="a source sentence whose cross-attention to draw")
-    parser.add_argument("--layer", type=int, default=-1, help="decoder layer for --attention")
-    args = parser.parse_args(argv)
+    parser.add_argument("--attention", metavar="SENTENCE",
+                        help="a source sentence whose cross-attention to draw to RUN_DIR/eval/attention.png "
+                             "(default: none)")
+    parser.add_argument("--layer", type=int, default=-1, help="decoder layer for --attention (-1: the last)")
+    return parser
+
+
+def main(argv=None):
+    args = make_parser().parse_args(argv)
+    configure(args)
     _, translator = evaluate(args.run_dir, args.split, args.file, args.examples, args.checkpoint,
                              args.beam_size, args.alpha)
     if args.attention:

@@ -1,6 +1,7 @@
 """Train a Transformer translator with `model.fit`.
 
     python -m training.train [--config FILE.toml|.yaml] [--epochs 3] [--run-dir runs/x] ...
+    kerasformer-train --help     (every flag, with its default)
 
 Reads sentence pairs (the embedded English->Spanish corpus by default), trains
 SentencePiece tokenizers on the training split, and fits the model with the
@@ -15,19 +16,23 @@ state and schedule step it had (training/resume.py). The run folder receives:
     logs/                  TensorBoard logs
     metrics.json           per-epoch history, tokens/s, wall time
     curves.png             train/validation loss and accuracy
+
+Progress goes to stderr: a bar per epoch (loss, tokens/s, time left) on a terminal,
+a line every --progress-seconds in a log file.
 """
 
-import argparse
-import dataclasses
 import json
+import logging
 import os
 import sys
 import time
+import types
 
 import keras
 
-from training.callbacks import AtomicCheckpoint, Throughput, TimeBudget
-from training.config import TrainConfig, load_config_file
+from training.callbacks import AtomicCheckpoint, Throughput, TimeBudget, TrainingProgress
+from training.cli import configure
+from training.config import TrainConfig, config_from_args, make_parser, parse_args  # noqa: F401 (parse_args: tests)
 from training.corpus_reader import read_corpus
 from training.distribute import data_parallel
 from training.files import WriteError, atomic_write
@@ -35,52 +40,26 @@ from training.loss import MaskedAccuracy, MaskedLabelSmoothedCrossEntropy, Perpl
 from training.pipeline import epoch_size, make_dataset
 from training.resume import NonFiniteLossError, TrainingState, load_progress, restore
 from training.schedule import paper_optimizer
+from training.progress import Progress
 from training.tokenizers import load_tokenizer, save_tokenizer, train_sentencepiece
 
-
-def parse_bool(text):
-    words = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
-    if text.lower() not in words:
-        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(words)}")
-    return words[text.lower()]
-
-
-def parse_json_object(text):
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"{text!r} is not JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"{text!r} reads as {value!r}, not a JSON object of model settings")
-    return value
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="TOML or YAML file of TrainConfig keys")
-    for field in dataclasses.fields(TrainConfig):
-        flag = "--" + field.name.replace("_", "-")
-        if field.type is bool:
-            parser.add_argument(flag, type=parse_bool, default=None, metavar="BOOL")
-        elif field.type is dict:
-            parser.add_argument(flag, type=parse_json_object, default=None, metavar="JSON",
-                                help="model overrides, e.g. '{\"num_layers\": 2}'")
-        else:
-            parser.add_argument(flag, type=field.type, default=None)
-    args = parser.parse_args(argv)
-    values = load_config_file(args.config) if args.config else {}
-    source = args.config or "config"
-    overrides = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
-    return TrainConfig.from_dict({**values, **overrides}, source=source)
+log = logging.getLogger("kerasformer.train")
 
 
 def prepare_tokenizers(config, train):
-    """Trains the tokenizers, or reuses the run's own so a resumed run keeps its ids."""
+    """Trains the tokenizers, or reuses the run's own so a resumed run keeps its ids.
+
+    SentencePiece trains in one call that reports nothing back, so its progress is a log
+    line before and after each side."""
     folder = os.path.join(config.run_dir, "tokenizers")
     for side, texts in (("source", train.sources), ("target", train.targets)):
         path = os.path.join(folder, f"{side}.model")
         if not os.path.exists(path):
+            log.info("%s tokenizer: training SentencePiece on %d sentences (vocabulary_size %d)",
+                     side, len(texts), config.vocabulary_size)
+            started = time.monotonic()
             save_tokenizer(train_sentencepiece(texts, config.vocabulary_size), path)
+            log.info("%s tokenizer: %s in %.1f s", side, path, time.monotonic() - started)
     return load_tokenizer(os.path.join(folder, "source.model")), load_tokenizer(os.path.join(folder, "target.model"))
 
 
@@ -175,7 +154,7 @@ def train(config: TrainConfig, callbacks=()):
 
     validation_data = dataset(validation_pairs, False)
     validation_data = validation_data.apply(known_length(sum(1 for _ in validation_data)))
-    steps_per_epoch, tokens_per_epoch = epoch_size(dataset(train_pairs, True, epochs=(0, 1)))
+    steps_per_epoch, tokens_per_epoch = count_epoch(dataset(train_pairs, True, epochs=(0, 1)))
     if progress.step != progress.epoch * steps_per_epoch + progress.epoch_step:
         raise RuntimeError(f"{backup}: the saved state (step {progress.step}, epoch {progress.epoch}) does not "
                            f"match {steps_per_epoch} steps per epoch; was the data or batch_tokens changed?")
@@ -189,6 +168,7 @@ def train(config: TrainConfig, callbacks=()):
         keras.callbacks.TensorBoard(os.path.join(config.run_dir, "logs")),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience),
         throughput,
+        TrainingProgress(config.epochs, steps_per_epoch, tokens_per_epoch / max(steps_per_epoch, 1)),
     ]
     if config.time_budget_minutes:
         budget = TimeBudget(config.time_budget_minutes)
@@ -208,12 +188,12 @@ def train(config: TrainConfig, callbacks=()):
             data = dataset(train_pairs, True, epochs=(progress.epoch, progress.epoch + 1))
             model.fit(data.skip(progress.epoch_step).apply(known_length(rest)),
                       validation_data=validation_data, initial_epoch=progress.epoch, epochs=progress.epoch + 1,
-                      callbacks=run_callbacks, verbose=2, shuffle=False)
+                      callbacks=run_callbacks, verbose=0, shuffle=False)
         if progress.epoch < config.epochs and not model.stop_training:
             data = dataset(train_pairs, True, epochs=(progress.epoch, config.epochs))
             data = data.apply(known_length((config.epochs - progress.epoch) * steps_per_epoch))
             model.fit(data, steps_per_epoch=steps_per_epoch, validation_data=validation_data,
-                      initial_epoch=progress.epoch, epochs=config.epochs, callbacks=run_callbacks, verbose=2,
+                      initial_epoch=progress.epoch, epochs=config.epochs, callbacks=run_callbacks, verbose=0,
                       shuffle=False)
     stopped_by_budget = bool(budget and budget.stopped_early)
     if not stopped_by_budget:
@@ -241,6 +221,15 @@ def train(config: TrainConfig, callbacks=()):
     return metrics
 
 
+def count_epoch(dataset):
+    """`pipeline.epoch_size(dataset)`, `(batches, target tokens)`, with a progress report: the
+    pass tokenizes and batches the whole training split before the first step."""
+    with Progress("counting one epoch of training batches", unit="batches") as progress:
+        # epoch_size only iterates `as_numpy_iterator()`: hand it one that counts.
+        counted = types.SimpleNamespace(as_numpy_iterator=lambda: progress.iterate(dataset.as_numpy_iterator()))
+        return epoch_size(counted)
+
+
 def known_length(steps):
     """Tells Keras how many batches a dataset holds. Of a dataset of unknown length it
     learns the end by running past it: a warning, and under TensorFlow an optimizer
@@ -251,7 +240,13 @@ def known_length(steps):
 
 
 def main(argv=None):
-    config = parse_args(argv)
+    parser = make_parser(description=__doc__)
+    args = parser.parse_args(argv)
+    configure(args)
+    try:
+        config = config_from_args(args)
+    except ValueError as error:  # a setting's value, not the command's syntax: no usage text
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     try:
         metrics = train(config)
     except (NonFiniteLossError, WriteError) as error:

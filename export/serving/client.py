@@ -8,6 +8,7 @@ Works with TensorFlow Serving and with its stand-in `kerasformer-serve`:
 Command line (one translation per line; texts from the arguments, else from stdin lines):
 
     kerasformer-translate --server http://127.0.0.1:8501 [--model NAME] [--max-length N] [--beam] "text" ...
+    kerasformer-translate --help      (every flag, with its default)
 
 Every request it sends is one the real TensorFlow Serving accepts: columnar format with exactly
 the inputs of the signature it names (see `ServingClient.translate`).
@@ -130,22 +131,32 @@ class ServingClient:
         return outputs["translation"] if isinstance(outputs, dict) else outputs
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="kerasformer-translate", description="Translate texts with a served kerasformer model."
-    )
+def make_parser():
+    # The shared flags' module is standard library only too, but imported here, not at the top:
+    # ServingClient itself stays a file that can be copied alone.
+    from training.cli import command_line
+
+    parser = command_line("kerasformer-translate", "Translate texts with a served kerasformer model.",
+                          model_version=True)
     parser.add_argument("texts", nargs="*", help="texts to translate (default: one per line of stdin)")
     parser.add_argument("--server", default="http://127.0.0.1:8501", help="REST address of the server")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default: {DEFAULT_MODEL})")
-    parser.add_argument("--version", type=int, help="model version (default: the newest served)")
-    parser.add_argument("--max-length", type=int, help="maximum output tokens (default: the model's)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model name")
+    parser.add_argument("--model-version", type=int, metavar="N", help="model version (default: the newest served)")
+    parser.add_argument("--max-length", type=int, metavar="N", help="maximum output tokens (default: the model's)")
     parser.add_argument("--beam", action=argparse.BooleanOptionalAction, default=False,
                         help="beam search (the beam size and length penalty the model was exported with); "
-                             "default: greedy")
+                             "--no-beam: greedy")
     parser.add_argument("--batch-size", type=int, default=64, help="texts per request when reading stdin")
     parser.add_argument("--timeout", type=float, default=60, help="seconds to wait for one answer")
-    args = parser.parse_args(argv)
-    client = ServingClient(args.server, args.model, args.version, args.timeout)
+    return parser
+
+
+def main(argv=None):
+    from training.cli import configure
+
+    args = make_parser().parse_args(argv)
+    configure(args)
+    client = ServingClient(args.server, args.model, args.model_version, args.timeout)
     texts = args.texts or [line.rstrip("\r\n") for line in sys.stdin]
     try:
         for start in range(0, len(texts), args.batch_size):
