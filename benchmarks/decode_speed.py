@@ -10,7 +10,7 @@ source of `--source-length` tokens, TensorFlow backend. Every variant generates
 exactly `length` tokens per row: ours and the tutorial loop get an [END] id the
 model never predicts, keras-hub's sampler gets no stop token.
 
-    ours, Python API, XLA       training.translator.compile_for_backend(greedy_decode): what
+    ours, Python API, XLA       kerasformer.training.translator.compile_for_backend(greedy_decode): what
                                 Translator runs, tf.function(jit_compile=True) by default
     ours, Python API, no XLA    the same with jit_compile=False
     ours, exported SavedModel   greedy_decode in a tf.function with the export's input signature
@@ -55,10 +55,10 @@ import tensorflow as tf  # noqa: E402
 from benchmarks.alternatives.keras_hub_layers import build_keras_hub_seq2seq, greedy_generate  # noqa: E402
 from benchmarks.alternatives.tutorial_loop import tutorial_greedy_decode  # noqa: E402
 from benchmarks.results import write_table  # noqa: E402
-from export.serving_ops import check_servable_ops  # noqa: E402
+from kerasformer.export.serving_ops import check_servable_ops  # noqa: E402
 from kerasformer import TransformerConfig, build_seq2seq  # noqa: E402
 from kerasformer.decoding import greedy_decode  # noqa: E402
-from training.translator import compile_for_backend  # noqa: E402
+from kerasformer.training.translator import compile_for_backend  # noqa: E402
 
 START_ID, NEVER = 2, -1
 # The TensorFlow tutorial's model (tensorflow/text docs/tutorials/transformer.ipynb).
@@ -79,7 +79,7 @@ def exported_decode(model, folder, jit_compile=False):
     """Our greedy loop saved as the export saves it and loaded back: a function
     `(encoder_tokens, length) -> tokens`."""
     module = tf.Module()
-    module.model_variables = [v.value for v in model.variables]  # as export.translation_module tracks them
+    module.model_variables = [v.value for v in model.variables]  # as kerasformer.export.translation_module tracks them
     module.decode = tf.function(
         lambda tokens, max_length: greedy_decode(model, tokens, START_ID, NEVER, max_length),
         input_signature=[tf.TensorSpec([None, None], tf.int32, name="tokens"),

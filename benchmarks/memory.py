@@ -9,7 +9,7 @@ tensorflow, jax and torch with `--backends`):
     after imports     VmRSS once the modules `kerasformer-train` imports are loaded
                       (keras and its backend, TensorFlow and keras-hub for the input pipeline,
                       kerasformer): the cost of the software before any model exists
-    after build       VmRSS with the model built and compiled as training.train does it
+    after build       VmRSS with the model built and compiled as kerasformer.training.train does it
                       (paper optimizer, label-smoothed loss, metrics, TrainConfig's jit_compile)
     peak, step 1      VmHWM after the first `train_on_batch` (which traces the step)
     peak, N steps     VmHWM after `--steps` steps in all: the training process's high-water mark
@@ -19,7 +19,7 @@ tensorflow, jax and torch with `--backends`):
 on one fixed batch of `--batch` sentences of `--length` tokens a side (64 x 64 = 4096 tokens, the
 TrainConfig default batch_tokens) with vocabularies of `--vocab-size` (TrainConfig's 8000).
 
-Server rows: a process that only imports export.serving.server, then `python -m export.serving.server`
+Server rows: a process that only imports kerasformer.export.serving.server, then `python -m kerasformer.export.serving.server`
 serving the exported run (see benchmarks/serving_load.py for the export): VmRSS when ready
 (model loaded, warmup requests replayed) and VmHWM after `--server-requests` requests of 32
 sentences each. The serving_load benchmark's own server memory under concurrent load is in
@@ -53,11 +53,11 @@ def training_child(preset_name, batch, length, vocab_size, steps):
     import keras
     import numpy as np
 
-    import training.pipeline  # noqa: F401  (TensorFlow, keras-hub: what training imports in any backend)
+    import kerasformer.training.pipeline  # noqa: F401  (TensorFlow, keras-hub: what training imports in any backend)
     from kerasformer import build_seq2seq, preset
-    from training.config import TrainConfig
-    from training.loss import MaskedAccuracy, MaskedLabelSmoothedCrossEntropy, Perplexity
-    from training.schedule import paper_optimizer
+    from kerasformer.training.config import TrainConfig
+    from kerasformer.training.loss import MaskedAccuracy, MaskedLabelSmoothedCrossEntropy, Perplexity
+    from kerasformer.training.schedule import paper_optimizer
 
     record["after_imports"] = memory_mb()
     train_config = TrainConfig()
@@ -89,7 +89,7 @@ def training_child(preset_name, batch, length, vocab_size, steps):
 
 
 def server_imports_child():
-    import export.serving.server  # noqa: F401
+    import kerasformer.export.serving.server  # noqa: F401
 
     return {"after_imports": memory_mb()}
 
@@ -106,7 +106,7 @@ def run_child(args, backend):
 
 
 def measure_server(version_path, requests, sentences):
-    """VmRSS of a ready `export.serving.server` and its VmHWM after `requests` predict calls of 32 sentences."""
+    """VmRSS of a ready `kerasformer.export.serving.server` and its VmHWM after `requests` predict calls of 32 sentences."""
     from serving_helpers import ServerProcess, http
 
     base_dir = os.path.dirname(os.path.dirname(version_path))
@@ -173,7 +173,7 @@ def main(argv=None):
 
     if args.server:
         from benchmarks.serving_load import BENCH_DIR, TEST_CORPUS, model_to_serve
-        from training.corpus_reader import read_corpus
+        from kerasformer.training.corpus_reader import read_corpus
 
         print("server ...", flush=True)
         imports = run_child(["--child", "server-imports"], "tensorflow")
@@ -191,11 +191,11 @@ def main(argv=None):
         "Each row is a fresh process; MB = MiB of resident memory from /proc/PID/status "
         "(VmRSS now, VmHWM the peak so far).",
         f"Training: a fixed batch of {args.batch} x {args.length} random token ids a side, vocabularies "
-        f"{args.vocab_size}, built and compiled as training.train does (float32, paper optimizer, label-smoothed "
+        f"{args.vocab_size}, built and compiled as kerasformer.training.train does (float32, paper optimizer, label-smoothed "
         f"loss, token metrics, TrainConfig jit_compile=False, so JAX runs its step un-jitted as kerasformer-train "
         f"does), `train_on_batch` {args.steps} times; 'after imports' has TensorFlow and keras-hub loaded in every "
         f"backend because the input pipeline needs them.",
-        "Server: 'after imports' is a process that only imports export.serving.server; 'after build' is the server ready "
+        "Server: 'after imports' is a process that only imports kerasformer.export.serving.server; 'after build' is the server ready "
         "(SavedModel loaded, warmup replayed); the peak is after the predict calls, without batching.",
         "peak - imports: the peak minus the import baseline of the same row.",
     ]

@@ -5,11 +5,11 @@ clients on loopback, without and with request batching, and the server's residen
     python -m benchmarks.serving_load [--quick] [--run-dir runs/small-en-es] [--clients 1,8,32]
 
 What it does, in order:
-  1. Exports `--run-dir` with the real exporter (`python -m export.exporter`) into
+  1. Exports `--run-dir` with the real exporter (`python -m kerasformer.export.exporter`) into
      `--base-dir` (default build/bench/saved_models), or reuses the newest version there when
      it is newer than the run's best.keras. Without a run folder it first trains a tiny run
-     (`python -m training.train --preset tiny --epochs 1 --max-train-pairs 200`).
-  2. Starts `python -m export.serving.server` on a free loopback port, once without batching and once
+     (`python -m kerasformer.training.train --preset tiny --epochs 1 --max-train-pairs 200`).
+  2. Starts `python -m kerasformer.export.serving.server` on a free loopback port, once without batching and once
      with `--enable_batching --batching_parameters_file export/serving/config/batching_parameters.txt`
      (the file the README gives TensorFlow Serving).
   3. For each client count N, N asyncio clients (one keep-alive connection each) post
@@ -45,7 +45,7 @@ for path in (ROOT, os.path.join(ROOT, "tests")):  # also runnable as `python ben
 from benchmarks.results import write_table  # noqa: E402
 from serving_helpers import ServerProcess, http  # noqa: E402
 from soak_helpers import BATCHING_FILE, TEST_CORPUS, memory_mb, percentile  # noqa: E402
-from training.corpus_reader import read_corpus  # noqa: E402
+from kerasformer.training.corpus_reader import read_corpus  # noqa: E402
 
 BENCH_DIR = os.path.join(ROOT, "build", "bench")
 
@@ -58,7 +58,7 @@ def subprocess_env():
 def train_tiny_run(run_dir):
     """A one-epoch tiny run, so the benchmark works in a fresh clone without a trained model."""
     print(f"no run folder given or found: training a tiny run into {run_dir}", flush=True)
-    subprocess.run([sys.executable, "-m", "training.train", "--run-dir", run_dir, "--preset", "tiny",
+    subprocess.run([sys.executable, "-m", "kerasformer.training.train", "--run-dir", run_dir, "--preset", "tiny",
                     "--epochs", "1", "--max-train-pairs", "200"], cwd=ROOT, env=subprocess_env(), check=True)
 
 
@@ -77,7 +77,7 @@ def export_model(run_dir, base_dir, name, fresh):
     if fresh:
         # One version only, so the server serves exactly this export.
         shutil.rmtree(model_dir, ignore_errors=True)
-    result = subprocess.run([sys.executable, "-m", "export.exporter", run_dir, "--name", name, "--base-dir", base_dir,
+    result = subprocess.run([sys.executable, "-m", "kerasformer.export.exporter", run_dir, "--name", name, "--base-dir", base_dir,
                              "--print-json"], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"export failed:\n{result.stderr[-4000:]}")
@@ -261,7 +261,7 @@ def main(argv=None):
                             f"peak {m['peak_rss_mb']} MB" for m in memories)
     notes = [
         f"kerasformer-serve (Starlette + Uvicorn, one process) serving {os.path.relpath(run_dir, ROOT)} exported by "
-        f"export.exporter: d_model {config['d_model']}, {config['num_layers']} layers, vocabularies "
+        f"kerasformer.export.exporter: d_model {config['d_model']}, {config['num_layers']} layers, vocabularies "
         f"{config['source_vocab_size']}/{config['target_vocab_size']}; greedy decoding inside the graph, no XLA.",
         f"Load: N asyncio clients (aiohttp, one keep-alive connection each) on loopback, closed loop, one English "
         f"sentence per request from the test split ({len(sentences)} sentences, in order), {args.warmup:g} s warm-up "

@@ -130,8 +130,8 @@ def build(name, config):
 def compiled(name, config, jit_compile):
     import keras
 
-    from training.loss import MaskedLabelSmoothedCrossEntropy
-    from training.schedule import paper_optimizer
+    from kerasformer.training.loss import MaskedLabelSmoothedCrossEntropy
+    from kerasformer.training.schedule import paper_optimizer
 
     keras.utils.set_random_seed(0)
     model = build(name, config)

@@ -1,7 +1,7 @@
 """Export a trained run as a SavedModel that TensorFlow Serving loads: raw text in,
 translated text out, the whole greedy loop inside one graph.
 
-    python -m export.exporter runs/small-en-es --name kerasformer_en_es
+    python -m kerasformer.export.exporter runs/small-en-es --name kerasformer_en_es
     kerasformer-export runs/small-en-es --name kerasformer_en_es [--model-version 3]
 
 writes `saved_models/NAME/VERSION/`, the layout the model server watches:
@@ -63,7 +63,6 @@ folder removes it -- never one of an export still running, which holds a lock.
 import argparse
 import collections
 import contextlib
-import errno
 import fcntl
 import json
 import logging
@@ -72,11 +71,11 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import keras
 
-from training.cli import LOG_LEVELS, command_line, configure
+from kerasformer.training.cli import LOG_LEVELS, command_line, configure
+from kerasformer.training.files import OUT_OF_SPACE, atomic_folder, out_of_space
 
 DEFAULT_BASE_DIR = "saved_models"
 # The beam search of the translate_beam signatures: the paper's (section 6.1).
@@ -92,9 +91,6 @@ WARMUP_MAX_LENGTHS = (4, 16, 1)
 WARMUP_TOKENS = ((5, 6, 7, 0), (8, 0, 0, 0))
 # The exporter's own work folders: only these are ever removed as leftovers.
 WORK_FOLDER = re.compile(r"\.tmp-\d+-pid\d+-")
-# How a full disk (or quota, or file size limit) reaches a writer: as an OSError, or as a
-# TensorFlow error carrying the operating system's message.
-OUT_OF_SPACE = {code: os.strerror(code) for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)}
 
 # How the command line reports an ExportError (exit status 1), one line.
 EXPORT_ERROR_PREFIX = "kerasformer-export: error: "
@@ -113,7 +109,7 @@ class ExportError(OSError):
 def next_version(model_dir):
     """1 + the largest version folder in `model_dir` (1 if none), version folders
     as the server sees them."""
-    from export.serving.model_repository import version_folders
+    from kerasformer.export.serving.model_repository import version_folders
 
     return max(version_folders(model_dir), default=0) + 1
 
@@ -133,7 +129,7 @@ def export_run(
     `base_dir/name/version/` and returns that path.
 
     Args:
-        run_dir: a training run folder (see `training.train`).
+        run_dir: a training run folder (see `kerasformer.training.train`).
         name: the model name the server answers to.
         version: the version number; by default the next free one. An existing
             version is never overwritten (FileExistsError).
@@ -146,17 +142,18 @@ def export_run(
 
     Raises ValueError for a name that is not one plain folder name (`..`, `a/b`).
     """
-    from export.serving.model_config import check_model_name
+    from kerasformer.export.serving.model_config import check_model_name
 
     check_model_name(name)
     if keras.backend.backend() != "tensorflow":
         return _export_in_tensorflow_process(run_dir, name, base_dir, version, checkpoint, max_length, warmup,
                                              beam_size, alpha)
-    from training.translator import load_run_model, run_files  # also registers kerasformer's layers
+    from kerasformer.training.run_folder import RunFolder
 
-    model_path, source_model, target_model = run_files(run_dir, checkpoint)
+    run = RunFolder(run_dir)
+    _, source_model, target_model = run.finished_files(checkpoint)
     return export_model(
-        load_run_model(model_path),
+        run.load_model(checkpoint),
         source_model,
         target_model,
         os.path.join(base_dir, name),
@@ -179,9 +176,9 @@ def export_model(model, source_model, target_model, model_dir, version=None, max
     there are untouched and nothing of this one is left."""
     import tensorflow as tf
 
-    from export.serving.model_repository import version_folders
-    from export.serving_ops import check_servable_ops
-    from export.translation_module import TranslationModule
+    from kerasformer.export.serving.model_repository import version_folders
+    from kerasformer.export.serving_ops import check_servable_ops
+    from kerasformer.export.translation_module import TranslationModule
 
     os.makedirs(model_dir, exist_ok=True)
     version = next_version(model_dir) if version is None else int(version)
@@ -192,31 +189,23 @@ def export_model(model, source_model, target_model, model_dir, version=None, max
         raise FileExistsError(f"{final} exists; versions are never overwritten (omit --model-version for the next free one)")
 
     with _exporting(model_dir):
-        # Everything, the vocabulary copies included, is written inside one work folder beside
-        # the final one (same filesystem, so the rename is atomic); the model server only loads
-        # numeric folder names, so it never sees it.
-        work = None
         try:
-            work = tempfile.mkdtemp(prefix=f".tmp-{version}-pid{os.getpid()}-", dir=model_dir)
-            staging, vocabularies = os.path.join(work, "saved_model"), os.path.join(work, "vocabularies")
-            os.mkdir(vocabularies)
-            for side, path in (("source", source_model), ("target", target_model)):
-                shutil.copyfile(path, os.path.join(vocabularies, f"{side}.model"))
-                listing = os.path.splitext(path)[0] + ".vocab"
-                if os.path.exists(listing):
-                    shutil.copyfile(listing, os.path.join(vocabularies, f"{side}.vocab"))
-            module = TranslationModule(model, vocabularies, max_length, beam_size, alpha)
-            signatures = {name: getattr(module, name) for name in SIGNATURES}
-            tf.saved_model.save(module, staging, signatures=signatures)
-            check_servable_ops(staging)
-            if warmup:
-                write_warmup_requests(staging, os.path.basename(os.path.abspath(model_dir)))
-            _fsync_tree(staging)
-            os.rename(staging, final)
+            # Everything, the vocabulary copies included, is written inside one work folder
+            # beside the final one; the model server only loads numeric folder names, so it
+            # never sees it (`.tmp-VERSION-pidPID-`, removed by a later export if left behind).
+            with atomic_folder(final, prefix=f".tmp-{version}-pid{os.getpid()}-") as (staging, vocabularies):
+                for side, path in (("source", source_model), ("target", target_model)):
+                    shutil.copyfile(path, os.path.join(vocabularies, f"{side}.model"))
+                    listing = os.path.splitext(path)[0] + ".vocab"
+                    if os.path.exists(listing):
+                        shutil.copyfile(listing, os.path.join(vocabularies, f"{side}.vocab"))
+                module = TranslationModule(model, vocabularies, max_length, beam_size, alpha)
+                tf.saved_model.save(module, staging, signatures={name: getattr(module, name) for name in SIGNATURES})
+                check_servable_ops(staging)
+                if warmup:
+                    write_warmup_requests(staging, os.path.basename(os.path.abspath(model_dir)))
         except BaseException as error:
-            if work is not None:
-                shutil.rmtree(work, ignore_errors=True)
-            code = _out_of_space(error, tf)
+            code = out_of_space(error)
             if code is None:
                 raise
             kept = ", ".join(map(str, sorted(version_folders(model_dir))))
@@ -225,19 +214,7 @@ def export_model(model, source_model, target_model, model_dir, version=None, max
                 + (f" and the earlier versions ({kept}) are untouched" if kept else ""),
                 code,
             ) from error
-        shutil.rmtree(work, ignore_errors=True)  # the vocabulary copies
-    _fsync_tree(model_dir, files=False)
     return final
-
-
-def _out_of_space(error, tf):
-    """ENOSPC, EDQUOT or EFBIG if `error` says the disk, quota or file size limit
-    is full (TensorFlow's errors carry only the operating system's message)."""
-    if isinstance(error, OSError) and error.errno in OUT_OF_SPACE:
-        return error.errno
-    if isinstance(error, (OSError, tf.errors.OpError)):
-        return next((code for code, message in OUT_OF_SPACE.items() if message in str(error)), None)
-    return None
 
 
 @contextlib.contextmanager
@@ -265,18 +242,6 @@ def _exporting(model_dir):
         yield
     finally:
         os.close(descriptor)
-
-
-def _fsync_tree(root, files=True):
-    """Flushes every file and folder under `root` (only `root` itself if not
-    `files`) to disk, so a crash after the rename cannot leave empty files."""
-    for folder, _, names in os.walk(root) if files else [(root, [], [])]:
-        for path in [os.path.join(folder, n) for n in names] + [folder]:
-            descriptor = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
 
 
 def write_warmup_requests(saved_model_dir, model_name):
@@ -322,7 +287,7 @@ def _export_in_tensorflow_process(run_dir, name, base_dir, version, checkpoint, 
     what the export does; only its last line, an `ExportError`'s, is held back and raised."""
     effective = logging.getLogger("kerasformer").getEffectiveLevel()
     level = next((name for name in LOG_LEVELS if logging.getLevelName(name.upper()) >= effective), "critical")
-    args = [sys.executable, "-m", "export.exporter", run_dir, "--name", name, "--base-dir", base_dir,
+    args = [sys.executable, "-m", "kerasformer.export.exporter", run_dir, "--name", name, "--base-dir", base_dir,
             "--checkpoint", checkpoint, "--print-json", "--log-level", level]
     if version is not None:
         args += ["--model-version", str(version)]
@@ -331,9 +296,7 @@ def _export_in_tensorflow_process(run_dir, name, base_dir, version, checkpoint, 
     args += ["--beam-size", str(beam_size), "--alpha", repr(float(alpha))]
     if not warmup:
         args += ["--no-warmup"]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow",
-           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
     tail = collections.deque(maxlen=40)  # the end of the child's stderr, for the error of a crash
     with subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
         for line in child.stderr:  # the child writes one JSON line to stdout, at its end
@@ -375,7 +338,7 @@ def main(argv=None):
     parser = make_parser()
     args = parser.parse_args(argv)
     configure(args)
-    from export.serving.model_config import check_model_name
+    from kerasformer.export.serving.model_config import check_model_name
 
     try:
         check_model_name(args.name)

@@ -93,7 +93,7 @@ class _PrintVersion(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a file
-        from training.cli import package_version
+        from kerasformer.training.cli import package_version
 
         print(f"{parser.prog} {package_version()}")
         parser.exit()

@@ -1,6 +1,6 @@
 """The `tf.Module` that becomes the SavedModel: tokenizer -> encoder -> cached
 greedy loop or beam search -> detokenizer, as five `tf.function` signatures
-(the table is in `export.exporter`).
+(the table is in `kerasformer.export.exporter`).
 
 Every input has a leading batch dimension and no signature has defaults: the
 model server's REST API honours no SignatureDef defaults (util/json_tensor.cc
@@ -18,7 +18,8 @@ import os
 import tensorflow as tf
 
 from kerasformer.decoding import beam_search, greedy_decode
-from training.tokenizers import END_ID, PAD_ID, START_ID, load_tokenizer
+from kerasformer.training.text_rules import strip_end, truncate_source
+from kerasformer.training.tokenizers import END_ID, PAD_ID, START_ID, load_tokenizer
 
 
 class TranslationModule(tf.Module):
@@ -121,7 +122,7 @@ class TranslationModule(tf.Module):
     def translate(self, text, max_length, beam=False):
         """string `(batch,)` -> {translation, tokens, length} (+ score with `beam`);
         `max_length` an int or int32 `(batch,)` (see `decode`)."""
-        source = self.source_tokenizer(text)[:, : self.max_source_length]
+        source = truncate_source(self.source_tokenizer(text), self.max_source_length)
         encoder_tokens = source.to_tensor(default_value=PAD_ID)
         if_all_empty = [[0, 0], [0, tf.maximum(1 - tf.shape(encoder_tokens)[1], 0)]]
         encoder_tokens = tf.pad(encoder_tokens, if_all_empty)  # at least one (pad) column
@@ -145,7 +146,7 @@ class TranslationModule(tf.Module):
 
         `max_length`: an int (every row) or int32 `(batch,)` from `checked_max_length`.
         """
-        encoder_tokens = tf.cast(encoder_tokens, tf.int32)[:, : self.max_source_length]
+        encoder_tokens = truncate_source(tf.cast(encoder_tokens, tf.int32), self.max_source_length)
         encoder_tokens *= tf.math.cumprod(tf.cast(encoder_tokens != PAD_ID, tf.int32), axis=1)
         vocab_size = self.model.get_layer("encoder").vocab_size
         checks = [
@@ -160,10 +161,8 @@ class TranslationModule(tf.Module):
                 self.model, encoder_tokens, START_ID, END_ID, max_length, self.beam_size, self.alpha)
         else:
             tokens = greedy_decode(self.model, encoder_tokens, START_ID, END_ID, max_length)
-        tokens = tf.where(tokens == END_ID, PAD_ID, tokens)  # after [END] every id is already 0
-        length = tf.reduce_sum(tf.cast(tokens != PAD_ID, tf.int32), axis=1)
-        width = tf.reduce_max(tf.concat([length, [0]], axis=0))
-        return {"tokens": tokens[:, :width], "length": length, **scores}
+        tokens, length = strip_end(tokens)
+        return {"tokens": tokens, "length": length, **scores}
 
 
 def _exportable(tokenizer, side):

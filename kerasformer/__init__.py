@@ -13,7 +13,7 @@ from kerasformer.feed_forward import FeedForward
 from kerasformer.masks import causal_mask, padding_mask
 from kerasformer.model import build_seq2seq
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version is written; pyproject.toml reads it
 
 __all__ = [
     "AddNorm",

@@ -360,8 +360,8 @@ def save_real_export(base):
     import keras
     from test_train import tiny_config
 
-    from export.exporter import export_run
-    from training.train import train
+    from kerasformer.export.exporter import export_run
+    from kerasformer.training.train import train
 
     run = os.path.join(base, ".run")
     keras.utils.set_random_seed(0)

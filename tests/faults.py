@@ -1,7 +1,7 @@
 """Fault injection for the reliability tests: a Python subprocess killed with SIGKILL at a chosen
 point, and a command whose folder is a small disk that fills up.
 
-    run = run_python(["-m", "export.exporter", run_dir, "--base-dir", base],
+    run = run_python(["-m", "kerasformer.export.exporter", run_dir, "--base-dir", base],
                      kill_at=KillPoint("os:rename", condition="os.path.basename(args[1]).isdigit()"))
     run.check_killed()   # SIGKILLed, at that point and not somewhere else
 
@@ -11,7 +11,7 @@ one function (`module:attribute`) by one that kills the process before or after 
 runs the program. `kill_after` (a timer, possibly random) and `kill_when` (a condition the test
 polls) kill from outside instead, at a point that is not known in advance.
 
-    disk = small_disk([*python_command("-m", "export.exporter", ...)], folder, free_bytes=10**6)
+    disk = small_disk([*python_command("-m", "kerasformer.export.exporter", ...)], folder, free_bytes=10**6)
 
 runs the command with `folder` on a filesystem of its current contents plus `free_bytes`; when
 that is used up, writes fail with ENOSPC as on a full disk.
@@ -45,7 +45,7 @@ def python_env(**overrides):
 
 
 def python_command(*args):
-    """[python, *args]: `python_command("-m", "export.exporter", run_dir)`."""
+    """[python, *args]: `python_command("-m", "kerasformer.export.exporter", run_dir)`."""
     return [PYTHON, *map(str, args)]
 
 
@@ -153,7 +153,7 @@ def run_python(args, *, kill_at=None, kill_after=None, kill_when=None, seed=None
     """Runs `python ARGS` in the repository root, optionally SIGKILLing it; returns a `PythonRun`.
 
     Args:
-        args: the interpreter's arguments (["-m", "export.exporter", ...], ["script.py", ...]),
+        args: the interpreter's arguments (["-m", "kerasformer.export.exporter", ...], ["script.py", ...]),
             or a str: code, as for `python -c`.
         kill_at: a `KillPoint`: the process kills itself there (precise).
         kill_after: seconds after the start, or (low, high) for a delay drawn uniformly (from

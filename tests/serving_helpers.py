@@ -101,7 +101,7 @@ def http(method, url, body=None, headers=None, timeout=60):
 
 
 class ServerProcess:
-    """`python -m export.serving.server` (kerasformer-serve) on free loopback ports.
+    """`python -m kerasformer.export.serving.server` (kerasformer-serve) on free loopback ports.
 
     `base_path` is a folder of model folders (BASE/NAME/VERSION/), served with the server's
     `--all_models_under` extension; pass None and give `--model_config_file=...` or
@@ -122,7 +122,7 @@ class ServerProcess:
         models = [] if base_path is None else [f"--all_models_under={base_path}"]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "export.serving.server", *models, f"--rest_api_port={self.port}",
+                [sys.executable, "-m", "kerasformer.export.serving.server", *models, f"--rest_api_port={self.port}",
                  f"--port={self.grpc_port}", *extra_args],
                 cwd=REPOSITORY_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             )

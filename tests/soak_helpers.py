@@ -52,7 +52,7 @@ from http.client import HTTPConnection, HTTPException
 from serving_helpers import DEFAULT_MAX_LENGTH, REPOSITORY_ROOT, ServerProcess, expected_translation, http, \
     save_fake_model
 
-from training.corpus_reader import read_corpus
+from kerasformer.training.corpus_reader import read_corpus
 
 BATCHING_FILE = os.path.join(REPOSITORY_ROOT, "export", "serving", "config", "batching_parameters.txt")
 TEST_CORPUS = os.path.join(REPOSITORY_ROOT, "training", "corpus", "en-es", "test.tsv.gz")

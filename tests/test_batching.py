@@ -23,13 +23,13 @@ import types
 import numpy as np
 import pytest
 
-from export.serving.batching import (
+from kerasformer.export.serving.batching import (
     Batcher, BatchingOptions, BatchingParameters, add_padding, are_shapes_equal_except_zero_dim, batching_parameters,
     calculate_max_dim_sizes, compute_tensor_batch_size, input_split_sizes, parse_batching_parameters,
     round_to_lowest_allowed_batch_size,
 )
-from export.serving.model_config import parse_proto_text_file
-from export.serving.status import StatusError
+from kerasformer.export.serving.model_config import parse_proto_text_file
+from kerasformer.export.serving.status import StatusError
 
 pytestmark = pytest.mark.backend_independent  # see tests/run.sh
 
@@ -553,7 +553,7 @@ def test_a_request_of_no_rows_waits_for_one_with_rows():
 def fake_model(tmp_path_factory):
     from serving_helpers import save_fake_model
 
-    from export.serving.model_repository import LoadedModel
+    from kerasformer.export.serving.model_repository import LoadedModel
 
     path = tmp_path_factory.mktemp("batching") / "fake" / "1"
     save_fake_model(path)

@@ -6,6 +6,7 @@ import argparse
 import io
 import json
 import logging
+import importlib.metadata
 import os
 import re
 import subprocess
@@ -16,13 +17,15 @@ import keras
 import numpy as np
 import pytest
 
-from export import exporter, session_check
-from export.serving import client
+import kerasformer
+
+from kerasformer.export import exporter, session_check
+from kerasformer.export.serving import client
 from test_train import TINY, tiny_config
-from training import config, evaluate, progress, train
-from training.callbacks import TrainingProgress
-from training.cli import configure, package_version
-from training.progress import Progress
+from kerasformer.training import config, evaluate, progress, train
+from kerasformer.training.callbacks import TrainingProgress
+from kerasformer.training.cli import configure, package_version
+from kerasformer.training.progress import Progress
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARSERS = {  # the console scripts of pyproject.toml, and session_check
@@ -106,10 +109,15 @@ def test_help_shows_the_real_defaults():
 
 
 @pytest.mark.parametrize("command", MAINS)
-def test_version_everywhere_comes_from_pyproject(command, capsys):
+def test_version_everywhere_is_the_one_written_in_the_package(command, capsys):
+    """`kerasformer.__version__` is the one place; pyproject.toml reads it (dynamic), so the
+    installed metadata says the same."""
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as file:
-        version = tomllib.load(file)["project"]["version"]
-    assert package_version() == version
+        project = tomllib.load(file)
+    assert "version" not in project["project"] and project["project"]["dynamic"] == ["version"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "kerasformer.__version__"}
+    version = kerasformer.__version__
+    assert package_version() == version == importlib.metadata.version("kerasformer")
     with pytest.raises(SystemExit) as exit:
         MAINS[command](["--version"])
     assert exit.value.code in (0, None)
@@ -120,7 +128,7 @@ def test_version_everywhere_comes_from_pyproject(command, capsys):
 
 
 def test_the_version_of_a_fresh_process():
-    result = subprocess.run([sys.executable, "-m", "export.serving.client", "--version"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "kerasformer.export.serving.client", "--version"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout == f"kerasformer-translate {package_version()}\n", result
 
@@ -245,7 +253,7 @@ def test_training_and_evaluation_report_progress_in_a_log(tmp_path):
         assert result.returncode == 0, text[-3000:]
         return result.stdout, [line.split(" INFO ", 1)[1] for line in text.splitlines() if " INFO kerasformer." in line]
 
-    out, lines = command("training.train", *flags, "--run-dir", run.run_dir, "--validation-file", run.validation_file,
+    out, lines = command("kerasformer.training.train", *flags, "--run-dir", run.run_dir, "--validation-file", run.validation_file,
                          "--epochs", "1", "--progress-seconds", "0")
     steps = int(re.search(r"(\d+) steps per epoch", out).group(1))
     assert json.loads(out[out.index("{"):])["epochs_run"] == 1
@@ -261,6 +269,6 @@ def test_training_and_evaluation_report_progress_in_a_log(tmp_path):
             assert " tokens/s, " in line and line.endswith(" left"), line
     assert f": {steps}/{steps} steps in " in epoch[-1] and ", val_loss " in epoch[-1]
 
-    _, lines = command("training.evaluate", run.run_dir, "--file", run.validation_file, "--beam-size", "1",
+    _, lines = command("kerasformer.training.evaluate", run.run_dir, "--file", run.validation_file, "--beam-size", "1",
                        "--examples", "0", "--progress-seconds", "0")
     assert any(line.startswith("kerasformer.progress: greedy decoding: 60/60 sentences in ") for line in lines), lines

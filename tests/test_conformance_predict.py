@@ -3,8 +3,8 @@ servables/tensorflow/predict_util_test.cc.
 
 The real tests call RunPredict in-process with a PredictRequest (TensorProtos) on TensorFlow's
 half_plus_two and on the saved_model_counter model (rebuilt by tests/conformance.py). CALLS do
-the same here: the SignatureDef and TensorProtos go through export.serving.predict (the rules
-REST and gRPC share), then the model runs (export.serving.model_repository.LoadedModel, as the
+the same here: the SignatureDef and TensorProtos go through kerasformer.export.serving.predict (the rules
+REST and gRPC share), then the model runs (kerasformer.export.serving.model_repository.LoadedModel, as the
 server runs it), then the output filter applies. The gRPC suite sends these requests over
 loopback too. REST_ROWS send what REST can say of the same requests to kerasformer-serve: the
 answers where REST reaches RunPredict, and json_tensor.cc's refusals where REST stops earlier.
@@ -19,8 +19,8 @@ from conformance import COUNTER_MODEL, HALF_PLUS_TWO_MODEL, Row, check_row, conf
     summary  # noqa: F401  (conformance_server is a fixture)
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
-from export.serving import predict
-from export.serving.status import StatusError
+from kerasformer.export.serving import predict
+from kerasformer.export.serving.status import StatusError
 
 pytestmark = pytest.mark.backend_independent  # see tests/run.sh
 
@@ -137,7 +137,7 @@ def run_predict(models, call):
 
 @pytest.fixture(scope="module")
 def models():
-    from export.serving.model_repository import LoadedModel
+    from kerasformer.export.serving.model_repository import LoadedModel
 
     base = model_base()
     return {name: LoadedModel(name, version, os.path.join(base, name, str(version)))
@@ -163,7 +163,7 @@ def test_predict_util_test_calls(models):
 def test_defaults_are_honoured_by_predict_only():
     """GetInputValues fills a SignatureDef default (gRPC); json_tensor.cc never lets REST rely
     on one. The texts of the three cases defaults make reachable."""
-    from export.serving.rest_codec import SignatureSpec, TensorSpec
+    from kerasformer.export.serving.rest_codec import SignatureSpec, TensorSpec
 
     signature = SignatureSpec("s", {"text": TensorSpec("DT_STRING", (-1,), "s_text:0"),
                                     "max_length": TensorSpec("DT_INT32", (-1,), "s_max_length:0"),

@@ -5,11 +5,11 @@ import os
 
 import pytest
 
-import training
-from training.corpus_reader import CorpusError, read_corpus
+import kerasformer.training
+from kerasformer.training.corpus_reader import CorpusError, read_corpus
 
 DEFAULT_CORPUS = os.path.join(
-    os.path.dirname(training.__file__), "corpus", "en-es", "train.tsv.gz"
+    os.path.dirname(kerasformer.training.__file__), "corpus", "en-es", "train.tsv.gz"
 )
 
 pytestmark = pytest.mark.backend_independent  # see tests/run.sh

@@ -22,8 +22,10 @@ import keras
 import numpy as np
 import pytest
 
-from training.config import TrainConfig
-from training.distribute import data_parallel
+from kerasformer.training.config import TrainConfig
+from kerasformer.training.distribute import check_distribution, data_parallel
+from kerasformer.training.run_folder import RunFolder
+from kerasformer.training.train import train
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 
@@ -45,8 +47,8 @@ RUN_BOTH = textwrap.dedent(
 
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from training.config import TrainConfig
-    from training.train import train
+    from kerasformer.training.config import TrainConfig
+    from kerasformer.training.train import train
 
     settings = json.loads(sys.argv[1])
     results = {}
@@ -106,20 +108,40 @@ def test_two_devices_follow_the_one_device_loss_curve(backend, tmp_path):
         np.testing.assert_allclose(two[name], one[name], rtol=1e-5, err_msg=name)
 
 
-def test_data_parallel_is_accepted_where_keras_can_run_it():
+def test_data_parallel_is_accepted_where_keras_can_run_it(tmp_path):
+    """Checked where training starts (`train`, before any work), not where a config is read."""
     backend = keras.backend.backend()
+
+    def starts(**settings):
+        config = TrainConfig(preset="tiny", run_dir=str(tmp_path / "run"), **settings)
+        check_distribution(config.distribution, backend, config.jit_compile)
+        return config
+
     if backend == "torch":
         with pytest.raises(ValueError, match=r"not supported under KERAS_BACKEND=torch.*jax.*tensorflow"):
-            TrainConfig(preset="tiny", distribution="data_parallel")
+            starts(distribution="data_parallel")
+        with pytest.raises(ValueError, match=r"not supported under KERAS_BACKEND=torch"):
+            train(TrainConfig(preset="tiny", run_dir=str(tmp_path / "run"), distribution="data_parallel"))
+        assert not (tmp_path / "run").exists()  # refused before anything was written
     else:
-        assert TrainConfig(preset="tiny", distribution="data_parallel").distribution == "data_parallel"
+        assert starts(distribution="data_parallel").distribution == "data_parallel"
     if backend == "tensorflow":  # XLA cannot compile a MirroredStrategy step (keras-team/keras#19005)
         with pytest.raises(ValueError, match="jit_compile=true is not supported under KERAS_BACKEND=tensorflow"):
-            TrainConfig(preset="tiny", distribution="data_parallel", jit_compile=True)
+            starts(distribution="data_parallel", jit_compile=True)
     if backend == "jax":
-        assert TrainConfig(preset="tiny", distribution="data_parallel", jit_compile=True).jit_compile
+        assert starts(distribution="data_parallel", jit_compile=True).jit_compile
     with pytest.raises(ValueError, match=r"distribution='model_parallel' must be one of \('none', 'data_parallel'\)"):
         TrainConfig(preset="tiny", distribution="model_parallel")
+
+
+def test_a_data_parallel_run_reads_under_every_backend(tmp_path):
+    """A config written by a JAX data-parallel run (jit_compile on) reads anywhere: evaluating
+    it under torch or TensorFlow must not fail on how it was trained."""
+    config = TrainConfig(preset="tiny", distribution="data_parallel", jit_compile=True, run_dir=str(tmp_path))
+    model_config = config.model_config(100, 100)
+    RunFolder(tmp_path).write_config(config, model_config)
+    again = RunFolder(tmp_path).train_config()
+    assert again.distribution == "data_parallel" and again.jit_compile
 
 
 def test_one_device_runs_data_parallel_as_a_single_device_run_with_a_warning():

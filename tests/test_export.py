@@ -1,4 +1,4 @@
-"""export.exporter: a trained run becomes a SavedModel that TensorFlow Serving
+"""kerasformer.export.exporter: a trained run becomes a SavedModel that TensorFlow Serving
 loads, whose graph (tokenizer, cached greedy loop or beam search, detokenizer)
 answers exactly what the in-process Translator answers -- checked through the
 SignatureDef in a TF1 session, as the model server runs it, in a process without
@@ -23,14 +23,14 @@ import tensorflow as tf
 from serving_helpers import ServerProcess, http, wait_for
 from test_train import tiny_config
 
-from export.exporter import SIGNATURES, WARMUP_FILE, export_run
-from export.serving.client import ServingClient
-from export.serving_ops import check_servable_ops, classify_ops, graph_op_types
+from kerasformer.export.exporter import SIGNATURES, WARMUP_FILE, export_run
+from kerasformer.export.serving.client import ServingClient
+from kerasformer.export.serving_ops import check_servable_ops, classify_ops, graph_op_types
 from kerasformer import build_seq2seq, preset
 from kerasformer.decoding import beam_search
-from training.tokenizers import END_ID, START_ID
-from training.train import train
-from training.translator import Translator
+from kerasformer.training.tokenizers import END_ID, START_ID
+from kerasformer.training.train import train
+from kerasformer.training.translator import Translator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXTS = [
@@ -232,7 +232,7 @@ def untrained(run_dir, tmp_path_factory):
     model.save(str(folder / "run" / "best.keras"))
     shutil.copytree(os.path.join(run_dir, "tokenizers"), folder / "run" / "tokenizers")
     result = subprocess.run(
-        [sys.executable, "-m", "export.exporter", str(folder / "run"), "--name", "untrained", "--base-dir",
+        [sys.executable, "-m", "kerasformer.export.exporter", str(folder / "run"), "--name", "untrained", "--base-dir",
          str(folder / "saved_models"), "--beam-size", "2", "--alpha", "0", "--no-warmup", "--print-json"],
         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "KERAS_BACKEND": "tensorflow"},
     )
@@ -363,7 +363,7 @@ if keras.backend.backend() == "tensorflow":
         assert sorted(os.listdir(os.path.join(base, "tiny"))) == ["1", "2"]
 
     def test_a_failed_export_leaves_no_version_folder(run_dir, tmp_path, monkeypatch):
-        import export.exporter as exporter
+        import kerasformer.export.exporter as exporter
 
         def disk_full(*args, **kwargs):
             raise OSError(28, "No space left on device")
@@ -497,7 +497,7 @@ def test_the_shipped_model_server_config_files_parse():
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
-    from export.serving.batching import batching_parameters, parse_batching_parameters
+    from kerasformer.export.serving.batching import batching_parameters, parse_batching_parameters
 
     folder = os.path.join(ROOT, "export", "serving", "config")
     config = text_format.Parse(open(os.path.join(folder, "models.config")).read(),

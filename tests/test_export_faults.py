@@ -1,4 +1,4 @@
-"""export.exporter under real faults, in subprocesses (tests/faults.py): an export killed with
+"""kerasformer.export.exporter under real faults, in subprocesses (tests/faults.py): an export killed with
 SIGKILL part-way, and an export into a disk that fills up. Either way no version folder appears,
 the versions already there stay byte-identical and a running kerasformer-serve keeps answering
 with the previous one; the next export removes what the killed ones left and is served.
@@ -19,9 +19,9 @@ from faults import KillPoint, namespaces_allowed, python_command, python_env, ru
 from serving_helpers import ServerProcess, http, save_fake_model, wait_for
 from test_train import tiny_config
 
-from export.exporter import EXPORT_ERROR_PREFIX, WARMUP_FILE, WORK_FOLDER, _exporting
-from export.serving.model_repository import version_folders
-from training.train import train
+from kerasformer.export.exporter import EXPORT_ERROR_PREFIX, WARMUP_FILE, WORK_FOLDER, _exporting
+from kerasformer.export.serving.model_repository import version_folders
+from kerasformer.training.train import train
 
 pytestmark = pytest.mark.backend_independent  # see tests/run.sh
 
@@ -64,7 +64,7 @@ def run_dir(tmp_path_factory):
 
 
 def export_args(run_dir, base):
-    return ["-m", "export.exporter", run_dir, "--name", MODEL, "--base-dir", str(base), "--print-json"]
+    return ["-m", "kerasformer.export.exporter", run_dir, "--name", MODEL, "--base-dir", str(base), "--print-json"]
 
 
 EXPORT_ENV = python_env(KERAS_BACKEND="tensorflow")
@@ -110,7 +110,7 @@ def test_a_killed_export_publishes_nothing_and_the_next_one_is_served(served, ru
     run_python(export_args(run_dir, base), kill_at=MID_VARIABLES, env=EXPORT_ENV).check_killed()
     assert sorted(version_folders(model_dir)) == [1]
     (left,) = work_folders(model_dir)
-    variables = model_dir / left / "saved_model" / "variables"
+    variables = model_dir / left / "staging" / "variables"
     assert os.listdir(variables / "variables_temp"), "no variable shard was written before the kill"
     assert not (variables / "variables.index").exists() and not (variables.parent / "saved_model.pb").exists()
 
@@ -121,7 +121,7 @@ def test_a_killed_export_publishes_nothing_and_the_next_one_is_served(served, ru
     assert sorted(version_folders(model_dir)) == [1]
     (complete,) = work_folders(model_dir)
     for name in ("saved_model.pb", "variables/variables.index", WARMUP_FILE):
-        assert (model_dir / complete / "saved_model" / name).exists(), name
+        assert (model_dir / complete / "staging" / name).exists(), name
 
     time.sleep(2)  # four polls of the server
     assert serving_version(server) == "1" and translate(server, "hello") == "HELLO!"

@@ -40,8 +40,8 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from export.serving.grpc_server import start_grpc_server
-from export.serving.model_repository import ModelRepository
+from kerasformer.export.serving.grpc_server import start_grpc_server
+from kerasformer.export.serving.model_repository import ModelRepository
 
 pytestmark = pytest.mark.backend_independent  # see tests/run.sh
 
@@ -73,7 +73,7 @@ def model_server_config(text):
 
 
 class Recorder:
-    """A stand-in for export.serving.metrics.Metrics: keeps every `record` call."""
+    """A stand-in for kerasformer.export.serving.metrics.Metrics: keeps every `record` call."""
 
     def __init__(self):
         self.calls = []

@@ -29,7 +29,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from training.corpus_reader import (
+from kerasformer.training.corpus_reader import (
     EMPTY_SOURCE,
     EMPTY_TARGET,
     INVALID_UTF8,
@@ -681,7 +681,7 @@ def config_channels():
 @pytest.mark.backend_independent
 @pytest.mark.parametrize("case, channel", config_channels())
 def test_hostile_config_is_refused_before_any_work(tmp_path, capsys, case, channel):
-    from training.train import parse_args
+    from kerasformer.training.train import parse_args
 
     TALLY["configs"] += 1
     run_dir = tmp_path / "run"
@@ -719,7 +719,7 @@ BROKEN_FILES = [  # (name, bytes, what the message must hold besides the file's 
 @pytest.mark.backend_independent
 @pytest.mark.parametrize("name, data, problem", BROKEN_FILES, ids=[name for name, _, _ in BROKEN_FILES])
 def test_broken_config_file_names_the_file(tmp_path, name, data, problem):
-    from training.train import parse_args
+    from kerasformer.training.train import parse_args
 
     TALLY["configs"] += 1
     path = tmp_path / name
@@ -735,7 +735,7 @@ def test_broken_config_file_names_the_file(tmp_path, name, data, problem):
 @pytest.mark.parametrize("tag", ["!!python/object/apply:os.system", "!!python/object/new:os.system",
                                  "!!python/object/apply:subprocess.call"])
 def test_yaml_code_tags_are_refused_and_run_nothing(tmp_path, tag):
-    from training.train import parse_args
+    from kerasformer.training.train import parse_args
 
     TALLY["configs"] += 1
     marker = tmp_path / "pwned"
@@ -756,7 +756,7 @@ def test_yaml_code_tags_are_refused_and_run_nothing(tmp_path, tag):
 @pytest.mark.parametrize("channel", ["toml", "yaml", "cli"])
 def test_a_good_config_still_parses(tmp_path, channel):
     """The control: the refusals above are about the values, not the channel."""
-    from training.train import parse_args
+    from kerasformer.training.train import parse_args
 
     values = {"preset": "tiny", "epochs": 2, "label_smoothing": 0.0, "time_budget_minutes": 1,
               "model": {"num_layers": 1, "dropout": 0.2}}
@@ -781,7 +781,7 @@ def test_train_command_refuses_a_bad_config_before_any_work(tmp_path):
     config.write_text('preset = "tiny"\nepochs = 2\n[model]\nd_model = 130\n')
     run_dir = tmp_path / "run"
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "training.train", "--config", str(config),
+    result = subprocess.run([sys.executable, "-m", "kerasformer.training.train", "--config", str(config),
                              "--run-dir", str(run_dir)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     seconds = time.monotonic() - started
     assert result.returncode != 0
@@ -821,7 +821,7 @@ def assert_refused_lambda(message):
 
 
 def test_translator_refuses_a_lambda_model(lambda_run):
-    from training.translator import Translator
+    from kerasformer.training.translator import Translator
 
     TALLY["models"] += 1
     run_dir, marker = lambda_run
@@ -836,7 +836,7 @@ def test_translator_refuses_a_lambda_model(lambda_run):
 
 
 def test_exporter_refuses_a_lambda_model(lambda_run, tmp_path):
-    from export.exporter import export_run
+    from kerasformer.export.exporter import export_run
 
     TALLY["models"] += 1
     run_dir, marker = lambda_run

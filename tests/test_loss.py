@@ -7,8 +7,8 @@ from conftest import numpy, random_tokens
 from keras import ops
 
 from kerasformer import build_seq2seq, preset
-from training.loss import MaskedAccuracy, MaskedLabelSmoothedCrossEntropy, Perplexity
-from training.schedule import paper_optimizer
+from kerasformer.training.loss import MaskedAccuracy, MaskedLabelSmoothedCrossEntropy, Perplexity
+from kerasformer.training.schedule import paper_optimizer
 
 VOCAB = 13
 START, END = 1, 2  # ids 3..12 are "digits"

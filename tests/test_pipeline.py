@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from training.pipeline import bucket_boundaries, make_dataset
-from training.tokenizers import END_ID, START_ID, load_tokenizer, train_sentencepiece
+from kerasformer.training.pipeline import bucket_boundaries, make_dataset
+from kerasformer.training.tokenizers import END_ID, START_ID, load_tokenizer, train_sentencepiece
 
 ENGLISH = "one two three four five six seven eight nine ten".split() * 4
 SPANISH = "uno dos tres cuatro cinco seis siete ocho nueve diez".split() * 4

@@ -1,4 +1,4 @@
-"""TrainConfig.precision and jit_compile on the current backend (training.train.compile_model):
+"""TrainConfig.precision and jit_compile on the current backend (kerasformer.training.train.compile_model):
 half-precision compute with float32 weights, softmax, logits and loss; loss
 scaling for float16; a training step runs compiled (XLA under TensorFlow,
 jax.jit under JAX, torch.compile under torch)."""
@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from training.config import PRECISIONS, TrainConfig
-from training.train import compile_model
+from kerasformer.training.config import PRECISIONS, TrainConfig
+from kerasformer.training.train import compile_model
 
 HALF = {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
 TORCH = keras.backend.backend() == "torch"

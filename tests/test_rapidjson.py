@@ -1,4 +1,4 @@
-"""export.serving.rapidjson and the number writing of export.serving.rest_codec: RapidJSON 1.1.0
+"""kerasformer.export.serving.rapidjson and the number writing of kerasformer.export.serving.rest_codec: RapidJSON 1.1.0
 and absl as TensorFlow Serving uses them.
 
 The expectations come from their sources (reader.h, dtoa.h, absl/strings/numbers.cc) and from
@@ -15,8 +15,8 @@ import struct
 import numpy as np
 import pytest
 
-from export.serving import rapidjson
-from export.serving.rest_codec import base64_unescape, six_digits, write_decimal
+from kerasformer.export.serving import rapidjson
+from kerasformer.export.serving.rest_codec import base64_unescape, six_digits, write_decimal
 
 pytestmark = pytest.mark.backend_independent  # see tests/run.sh
 

@@ -73,15 +73,15 @@ def assert_error_answer(status, answer, statuses=(400, 404)):
 
 
 def test_committed_description_is_the_generated_one():
-    from export.serving.openapi import JSON_FILE, openapi_description
+    from kerasformer.export.serving.openapi import JSON_FILE, openapi_description
 
     with open(JSON_FILE, encoding="utf-8") as file:
         committed = json.load(file)
-    assert committed == openapi_description(), "export/serving/openapi.json is stale: run python -m export.serving.openapi --write"
+    assert committed == openapi_description(), "export/serving/openapi.json is stale: run python -m kerasformer.export.serving.openapi --write"
 
 
 def test_served_description(server):
-    from export.serving.openapi import openapi_description
+    from kerasformer.export.serving.openapi import openapi_description
 
     status, answer = http("GET", f"{server.url}/kerasformer/openapi.json")
     assert status == 200
@@ -416,8 +416,8 @@ def test_traversal_touches_no_file(model_tree, monkeypatch):
     poll of the base folder touches nothing outside it."""
     import tensorflow as tf
 
-    from export.serving import model_repository
-    from export.serving.server import ServingApp
+    from kerasformer.export.serving import model_repository
+    from kerasformer.export.serving.server import ServingApp
 
     base = str(model_tree / "saved_models")
     repository = model_repository.ModelRepository(base, poll_seconds=3600)
@@ -461,7 +461,7 @@ BAD_NAMES = ["", ".", "..", "../outside", "a/b", "/abs/path", "a\\b", "..\\outsi
 
 
 def test_check_model_name():
-    from export.serving.model_config import check_model_name
+    from kerasformer.export.serving.model_config import check_model_name
 
     for name in GOOD_NAMES:
         assert check_model_name(name) == name
@@ -472,14 +472,14 @@ def test_check_model_name():
 
 
 def test_repository_refuses_bad_model_names(model_tree):
-    from export.serving.model_repository import ModelRepository
+    from kerasformer.export.serving.model_repository import ModelRepository
 
     with pytest.raises(ValueError, match=r"'\.\./outside'"):
         ModelRepository(str(model_tree / "saved_models"), ["fake", "../outside"])
 
 
 def test_export_refuses_bad_model_names(tmp_path, capsys, monkeypatch):
-    from export import exporter
+    from kerasformer.export import exporter
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("export_run called with a bad name")

@@ -13,19 +13,19 @@ import keras
 import numpy as np
 import pytest
 
-from training.resume import NonFiniteLossError, load_progress
-from training.train import train
-from training.config import TrainConfig
+from kerasformer.training.resume import NonFiniteLossError, load_progress
+from kerasformer.training.train import train
+from kerasformer.training.config import TrainConfig
 
 REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CORPUS = os.path.join(REPOSITORY_ROOT, "training", "corpus", "en-es")
 
-# Runs training.train.main(argv) with one fault armed by $KILL (see `arm`).
+# Runs kerasformer.training.train.main(argv) with one fault armed by $KILL (see `arm`).
 WRAPPER = r"""
 import os, signal, sys
 import keras
 import numpy as np
-import training.resume, training.train
+import kerasformer.training.resume, kerasformer.training.train
 
 kind, _, at = os.environ.get("KILL", "").partition(":")
 at = int(at or 0)
@@ -53,18 +53,18 @@ def savez(path, **arrays):
         die()
 np.savez = savez
 
-real_write_state = training.resume.TrainingState._write_state
+real_write_state = kerasformer.training.resume.TrainingState._write_state
 def write_state(self):
     # kind "before_state": die after the at-th weights file is renamed into place,
     # before state.json names it.
     if kind == "before_state" and saves == at:
         die()
     real_write_state(self)
-training.resume.TrainingState._write_state = write_state
+kerasformer.training.resume.TrainingState._write_state = write_state
 
-real_train = training.train.train
-training.train.train = lambda config: real_train(config, callbacks=[KillAtStep()])
-training.train.main(sys.argv[1:])
+real_train = kerasformer.training.train.train
+kerasformer.training.train.train = lambda config: real_train(config, callbacks=[KillAtStep()])
+kerasformer.training.train.main(sys.argv[1:])
 """
 
 
@@ -206,7 +206,7 @@ def first_moment_norm(optimizer):
 
 @pytest.mark.parametrize("clip_norm", [0.0, 1e-3])
 def test_gradient_clipping_scales_the_gradient_to_clip_norm(clip_norm):
-    from training.train import compile_model
+    from kerasformer.training.train import compile_model
 
     config = TrainConfig(preset="tiny", clip_norm=clip_norm)
     model = compile_model(config, config.model_config(50, 50))
@@ -221,7 +221,7 @@ def test_gradient_clipping_scales_the_gradient_to_clip_norm(clip_norm):
 
 @pytest.mark.parametrize("initial_loss_scale", [2.0**15, 2.0**40])
 def test_float16_loss_scaling_skips_overflowing_steps_and_lowers_the_scale(initial_loss_scale):
-    from training.train import compile_model
+    from kerasformer.training.train import compile_model
 
     config = TrainConfig(preset="tiny", precision="mixed_float16", initial_loss_scale=initial_loss_scale)
     model = compile_model(config, config.model_config(50, 50))
@@ -264,7 +264,7 @@ def test_a_full_disk_while_checkpointing_names_the_file_and_keeps_the_previous_c
     weights_size = os.path.getsize(run / "backup" / progress.weights)
 
     # Two epochs now: the first checkpoint of epoch 2 needs weights_size bytes; half that is free.
-    disk = small_disk(python_command("-m", "training.train", *train_command(run, validation, epochs=2)),
+    disk = small_disk(python_command("-m", "kerasformer.training.train", *train_command(run, validation, epochs=2)),
                       run, free_bytes=weights_size // 2)
     assert disk.returncode == 1, disk.stderr[-3000:]
     message = disk.stderr.strip().splitlines()[-1]

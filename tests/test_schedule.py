@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from conftest import numpy
 
-from training.schedule import TransformerSchedule, paper_optimizer
+from kerasformer.training.schedule import TransformerSchedule, paper_optimizer
 
 
 def paper_lrate(step_num, d_model, warmup_steps):

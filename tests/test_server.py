@@ -36,9 +36,9 @@ from serving_helpers import (
     wait_for,
 )
 
-from export.serving import model_config, server as serve
-from export.serving.metrics import Metrics
-from export.serving.status import StatusError
+from kerasformer.export.serving import model_config, server as serve
+from kerasformer.export.serving.metrics import Metrics
+from kerasformer.export.serving.status import StatusError
 
 pytestmark = pytest.mark.backend_independent  # see tests/run.sh
 
@@ -297,7 +297,7 @@ def test_labels_need_an_available_version(one_model):
     """UpdateModelVersionLabelMap (server_core.cc): once version 1 is available a reloaded config
     may label it; a label naming a version that is not available refuses the whole config, and the
     labels in force stay."""
-    from export.serving.model_repository import ModelRepository
+    from kerasformer.export.serving.model_repository import ModelRepository
 
     def config(labels):
         text = "model_config_list { " + config_entry("fake", one_model, "".join(
@@ -332,7 +332,7 @@ def test_labels_need_an_available_version(one_model):
 def test_all_models_under_extension(tmp_path, one_model):
     """--all_models_under: every plain-named model folder, found again at every poll; other
     names (which could reach outside the folder) are left out."""
-    from export.serving.model_repository import ModelRepository
+    from kerasformer.export.serving.model_repository import ModelRepository
 
     base = tmp_path / "saved_models"
     shutil.copytree(one_model, base / "first")
@@ -746,7 +746,7 @@ class HeldModel:
     def __init__(self):
         self.release = threading.Event()
         self.graph_calls = 0
-        from export.serving.rest_codec import SignatureSpec, TensorSpec
+        from kerasformer.export.serving.rest_codec import SignatureSpec, TensorSpec
 
         self.signatures = {"serving_default": SignatureSpec(
             "serving_default", {"x": TensorSpec("DT_INT32", (-1,), "x:0")}, {"y": TensorSpec("DT_INT32", (-1,), "y:0")},

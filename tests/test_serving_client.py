@@ -8,7 +8,7 @@ import sys
 import pytest
 from serving_helpers import REPOSITORY_ROOT, ServerProcess, expected_translation, free_port, save_fake_model
 
-from export.serving.client import ServingClient, ServingError
+from kerasformer.export.serving.client import ServingClient, ServingError
 
 pytestmark = pytest.mark.backend_independent  # see tests/run.sh
 
@@ -30,7 +30,7 @@ def translate_command(*args, stdin=None):
     # The command never uses keras, but importing the kerasformer package imports it: JAX is the
     # backend quickest to import.
     return subprocess.run(
-        [sys.executable, "-m", "export.serving.client", *args],
+        [sys.executable, "-m", "kerasformer.export.serving.client", *args],
         input=stdin, capture_output=True, text=True, cwd=REPOSITORY_ROOT, timeout=120,
         env=dict(os.environ, PYTHONIOENCODING="utf-8", KERAS_BACKEND="jax"),
     )

@@ -1,6 +1,6 @@
 import unicodedata
 
-from training.tokenizers import END_ID, PAD_ID, START_ID, UNK_ID, load_tokenizer, save_tokenizer, train_sentencepiece
+from kerasformer.training.tokenizers import END_ID, PAD_ID, START_ID, UNK_ID, load_tokenizer, save_tokenizer, train_sentencepiece
 
 CHINESE = ["我爱你。", "你好吗？", "我很好，谢谢。", "他是学生。", "我们是朋友。", "今天天气很好。"] * 5
 

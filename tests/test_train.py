@@ -1,4 +1,4 @@
-"""End to end: training.train on a few hundred pairs writes a complete run folder and
+"""End to end: kerasformer.training.train on a few hundred pairs writes a complete run folder and
 the run translates (also Chinese->English). Interrupted runs: tests/test_resume.py."""
 
 import gzip
@@ -9,10 +9,10 @@ import keras
 import numpy as np
 import pytest
 
-from training.config import TrainConfig
-from training.evaluate import evaluate
-from training.train import parse_args, train
-from training.translator import Translator
+from kerasformer.training.config import TrainConfig
+from kerasformer.training.evaluate import evaluate
+from kerasformer.training.train import parse_args, train
+from kerasformer.training.translator import Translator
 
 TINY = dict(preset="tiny", max_train_pairs=200, vocabulary_size=300, batch_tokens=512, warmup_steps=20, patience=50)
 DEFAULT_CORPUS = os.path.join(os.path.dirname(__file__), os.pardir, "training", "corpus", "en-es")

@@ -5,14 +5,14 @@ import time
 
 import keras
 
-from training.files import atomic_save
-from training.progress import Progress
+from kerasformer.training.files import atomic_save
+from kerasformer.training.progress import Progress
 
 
 class AtomicCheckpoint(keras.callbacks.Callback):
     """Saves the model to `path` (.keras) at each epoch end, or only when `monitor`
     improves on `best`: written to a temporary file in the same folder, then renamed
-    (`training.files.atomic_save`), so a kill or a full disk mid-write leaves the
+    (`kerasformer.training.files.atomic_save`), so a kill or a full disk mid-write leaves the
     previous checkpoint intact (Keras's ModelCheckpoint writes in place). A resumed
     run passes the best value reached before the interruption."""
 
@@ -85,7 +85,7 @@ class Throughput(keras.callbacks.Callback):
 
 class TrainingProgress(keras.callbacks.Callback):
     """The run's progress, in place of `fit(verbose=...)`: each epoch a
-    `training.progress.Progress` of its steps with the running training loss, tokens/s and
+    `kerasformer.training.progress.Progress` of its steps with the running training loss, tokens/s and
     the time left (a bar on a terminal, a line every `--progress-seconds` in a log file),
     ended by one line with the epoch's metrics, validation included. Keras's own bar shows
     no tokens/s, and written to a file (verbose=2) says nothing until an epoch ends.

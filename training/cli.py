@@ -13,29 +13,19 @@ for `--version` only).
 """
 
 import argparse
-import importlib.metadata
 import logging
-import os
 import sys
-import tomllib
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def package_version():
-    """kerasformer's version. It is written once, as `version` in pyproject.toml: an install
-    copies it into the package metadata read here; a source tree that was never installed
-    reads pyproject.toml itself."""
-    try:
-        return importlib.metadata.version("kerasformer")
-    except importlib.metadata.PackageNotFoundError:
-        pyproject = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyproject.toml")
-        try:
-            with open(pyproject, "rb") as file:
-                return tomllib.load(file)["project"]["version"]
-        except (OSError, KeyError, tomllib.TOMLDecodeError):
-            return "unknown"
+    """kerasformer's version: `kerasformer.__version__`, the one place it is written
+    (pyproject.toml reads it from there when the package is built)."""
+    from kerasformer import __version__
+
+    return __version__
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -158,6 +148,6 @@ def configure(args):
     # program's); the level asked for still applies to this package's loggers.
     logging.getLogger("kerasformer").setLevel(level)
     if getattr(args, "progress_seconds", None) is not None:
-        from training import progress
+        from kerasformer.training import progress
 
         progress.report_every(args.progress_seconds)

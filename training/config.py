@@ -15,11 +15,10 @@ import math
 import os
 import tomllib
 
-import keras
 
 from kerasformer.config import PRESETS, TransformerConfig
-from training.cli import BooleanFlag, command_line
-from training.distribute import check_distribution
+from kerasformer.training.cli import BooleanFlag, command_line
+from kerasformer.training.distribute import DISTRIBUTIONS
 
 DEFAULT_CORPUS = os.path.join(os.path.dirname(__file__), "corpus", "en-es")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -77,7 +76,8 @@ class TrainConfig:
             raise ValueError(f"model={self.model!r} must be a table of model overrides, e.g. {{num_layers = 2}}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r} must be one of {PRECISIONS}")
-        check_distribution(self.distribution, keras.backend.backend(), self.jit_compile)
+        if self.distribution not in DISTRIBUTIONS:  # whether this machine can run it: checked where training starts
+            raise ValueError(f"distribution={self.distribution!r} must be one of {DISTRIBUTIONS}")
         if not self.clip_norm >= 0:
             raise ValueError(f"clip_norm={self.clip_norm!r} must be >= 0 (0 = no clipping)")
         if not self.initial_loss_scale >= 1:

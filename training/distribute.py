@@ -16,7 +16,7 @@ refuses the option there.
 `batch_tokens` stays the global batch: each of R devices sees about
 batch_tokens / R tokens per step, and the optimisation is the same as on one
 device with the same `batch_tokens` (the loss is the token mean over the whole
-global batch, see `training.loss.replica_token_share`). Two differences remain,
+global batch, see `kerasformer.training.loss.replica_token_share`). Two differences remain,
 neither of which changes what is learnt: under TensorFlow, Keras draws a batch
 from a fresh iterator to build the model inside a strategy, so the seeded
 reshuffle runs one epoch ahead of a single-device run; and the padding rows

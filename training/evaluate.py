@@ -1,7 +1,7 @@
 """Score a training run on a split with sacreBLEU (BLEU and chrF), for greedy
 decoding and for beam search.
 
-    python -m training.evaluate RUN_DIR [--split test] [--file pairs.tsv] [--examples 5]
+    python -m kerasformer.training.evaluate RUN_DIR [--split test] [--file pairs.tsv] [--examples 5]
         [--beam-size 4 --alpha 0.6] [--attention "sentence" --layer -1]
 
 Decodes every source sentence greedily and with beam search (the paper's beam
@@ -14,38 +14,34 @@ cross-attention of one decoder layer for a sentence (one panel per head).
 Decoding reports its progress on stderr (sentences, sentences/s, time left).
 """
 
-import contextlib
 import json
-import os
 import time
 
 import sacrebleu
-from keras import ops
 
-from training.cli import command_line, configure
-from training.config import TrainConfig
-from training.corpus_reader import read_corpus
-from training.files import atomic_write
-from training.progress import Progress
-from training.translator import Translator
+from kerasformer.training.cli import command_line, configure
+from kerasformer.training.corpus_reader import read_corpus
+from kerasformer.training.files import atomic_write
+from kerasformer.training.progress import Progress
+from kerasformer.training.run_folder import RunFolder
+from kerasformer.training.translator import Translator
 
 
 def evaluate(run_dir, split="test", file=None, examples=5, checkpoint="best", beam_size=4, alpha=0.6):
-    with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as handle:
-        config = TrainConfig.from_dict(json.load(handle)["train"])
+    run = RunFolder(run_dir)
+    config = run.train_config()
     path = file or config.corpus_file(split)
     corpus = read_corpus(path, source_column=config.source_column, target_column=config.target_column,
                          skip_malformed=config.skip_malformed)
     translator = Translator.from_run(run_dir, checkpoint)
-    out = os.path.join(run_dir, "eval")
-    greedy, hypotheses = score(translator, corpus, os.path.join(out, f"{split}.hyp.txt"), "greedy")
+    greedy, hypotheses = score(translator, corpus, run.eval_file(f"{split}.hyp.txt"), "greedy")
     scores = {"split": split, "file": path, "sentences": len(hypotheses), "checkpoint": checkpoint, **greedy}
     if beam_size > 1:
         beam = Translator(translator.model, translator.source_tokenizer, translator.target_tokenizer,
                           beam_size=beam_size, alpha=alpha)
-        beam_scores, _ = score(beam, corpus, os.path.join(out, f"{split}.beam.hyp.txt"), f"beam search ({beam_size})")
+        beam_scores, _ = score(beam, corpus, run.eval_file(f"{split}.beam.hyp.txt"), f"beam search ({beam_size})")
         scores["beam"] = {"beam_size": beam_size, "alpha": alpha, **beam_scores}
-    atomic_write(os.path.join(out, f"{split}.scores.json"), json.dumps(scores, indent=2, ensure_ascii=False).encode())
+    atomic_write(run.eval_file(f"{split}.scores.json"), json.dumps(scores, indent=2, ensure_ascii=False).encode())
     for source, reference, hypothesis in list(zip(corpus.sources, corpus.targets, hypotheses))[:examples]:
         print(f"\nsource:     {source}\nreference:  {reference}\nhypothesis: {hypothesis}")
     return scores, translator
@@ -56,8 +52,8 @@ def score(translator, corpus, hypotheses_path, label):
     `(BLEU/chrF scores dict, hypotheses)`."""
     started = time.monotonic()
     with Progress(f"{label} decoding", total=len(corpus.sources), unit="sentences",
-                  rates={"sentences/s": 1}) as progress, reporting(translator, progress):
-        hypotheses = translator.translate(corpus.sources)
+                  rates={"sentences/s": 1}) as progress:
+        hypotheses = translator.translate(corpus.sources, progress)
     seconds = time.monotonic() - started
     bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
     bleu_score = bleu.corpus_score(hypotheses, [corpus.targets])
@@ -72,27 +68,6 @@ def score(translator, corpus, hypotheses_path, label):
         "decode_seconds": round(seconds, 1),
     }
     return scores, hypotheses
-
-
-@contextlib.contextmanager
-def reporting(translator, progress):
-    """Within the block, every batch `translator` decodes advances `progress` by its rows.
-
-    Translator.translate decodes in batches of similar lengths, one call of its compiled
-    `_decode` each; wrapping that call reports each batch without changing which sentences
-    are decoded together (and so without changing a single hypothesis)."""
-    decode = translator._decode
-
-    def decode_and_report(batch):
-        tokens = ops.convert_to_numpy(decode(batch))  # waits for the batch (JAX dispatches asynchronously)
-        progress.advance(len(batch))
-        return tokens
-
-    translator._decode = decode_and_report
-    try:
-        yield
-    finally:
-        translator._decode = decode
 
 
 def make_parser():
@@ -118,7 +93,7 @@ def main(argv=None):
     _, translator = evaluate(args.run_dir, args.split, args.file, args.examples, args.checkpoint,
                              args.beam_size, args.alpha)
     if args.attention:
-        path = translator.plot_attention(args.attention, os.path.join(args.run_dir, "eval", "attention.png"), args.layer)
+        path = translator.plot_attention(args.attention, RunFolder(args.run_dir).eval_file("attention.png"), args.layer)
         print(f"\nattention: {path}")
 
 

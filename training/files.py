@@ -1,11 +1,22 @@
-"""Atomic file writes: a reader never sees half a file, and a failed write
-(a kill, a full disk) leaves the previous file intact."""
+"""Atomic writes, the one owner of them: a reader never sees half a file or half a folder,
+and a failed write (a kill, a full disk) leaves what was there intact.
 
+    atomic_save(path, write)       a file, written by `write(temporary_path)` (Keras, matplotlib)
+    atomic_write(path, data)       a file of bytes
+    atomic_folder(final, prefix)   a folder (a SavedModel version), filled in a work folder
+"""
+
+import contextlib
 import errno
 import gc
 import os
+import shutil
 import tempfile
 import traceback
+
+# How a full disk (or quota, or file size limit) reaches a writer: as an OSError, or as a
+# library's error (TensorFlow's, h5py's) carrying only the operating system's message.
+OUT_OF_SPACE = {code: os.strerror(code) for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)}
 
 
 class WriteError(OSError):
@@ -32,7 +43,7 @@ def atomic_save(path, write, what=None):
             os.fsync(file.fileno())
         os.chmod(temporary, 0o644)  # mkstemp creates 0600
         os.replace(temporary, path)
-        _fsync_folder(folder)
+        fsync_tree(folder, files=False)
     except BaseException as error:
         if os.path.exists(temporary):
             os.truncate(temporary, 0)  # frees the space, so that closing what the writer left open succeeds
@@ -40,7 +51,7 @@ def atomic_save(path, write, what=None):
         if os.path.exists(temporary):
             os.unlink(temporary)
         if isinstance(error, Exception) and _is_write_failure(error):
-            cause = "no space left on device (disk full)" if _is_disk_full(error) else str(error)
+            cause = "no space left on device (disk full)" if out_of_space(error) else str(error)
             raise WriteError(f"{path}: could not write {what or 'the file'}: {cause}; "
                              f"the previous file is intact") from error
         raise
@@ -67,24 +78,55 @@ def _release_open_files(error):
     gc.collect()
 
 
-def _fsync_folder(folder):
-    """Makes the rename itself durable (a power cut after it cannot undo it)."""
-    fd = os.open(folder, os.O_RDONLY)
+@contextlib.contextmanager
+def atomic_folder(final, prefix):
+    """A folder that appears at `final` whole, or not at all.
+
+    Yields `(staging, scratch)`: the block writes `staging` (a path not yet created), which
+    becomes `final`, and may keep files it does not publish in `scratch`. Both lie in one work
+    folder `prefix...` beside `final` (same file system, so the rename is atomic), removed
+    afterwards, on success and on failure; a killed process leaves it behind for the owner of
+    the parent folder to remove (the exporter does, by `prefix`). Every file is flushed to disk
+    before the rename, and the parent folder after it.
+    """
+    parent = os.path.dirname(os.path.abspath(final))
+    work = tempfile.mkdtemp(prefix=prefix, dir=parent)
     try:
-        os.fsync(fd)
+        staging, scratch = os.path.join(work, "staging"), os.path.join(work, "scratch")
+        os.mkdir(scratch)
+        yield staging, scratch
+        fsync_tree(staging)
+        os.rename(staging, final)
     finally:
-        os.close(fd)
+        shutil.rmtree(work, ignore_errors=True)
+    fsync_tree(parent, files=False)
 
 
-def _is_disk_full(error):
+def fsync_tree(root, files=True):
+    """Flushes every file and folder under `root` (only `root` itself if not `files`) to
+    disk, so a crash after a rename cannot leave empty files or undo the rename."""
+    for folder, _, names in os.walk(root) if files else [(root, [], [])]:
+        for path in [os.path.join(folder, n) for n in names] + [folder]:
+            descriptor = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+
+
+def out_of_space(error):
+    """ENOSPC, EDQUOT or EFBIG if `error` (or an error it was raised from) says the disk,
+    quota or file size limit is full; else None."""
     while error is not None:
-        if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or \
-                "No space left" in str(error) or "File too large" in str(error):
-            return True
+        if getattr(error, "errno", None) in OUT_OF_SPACE:
+            return error.errno
+        code = next((code for code, message in OUT_OF_SPACE.items() if message in str(error)), None)
+        if code is not None:
+            return code
         error = error.__cause__ or error.__context__
-    return False
+    return None
 
 
 def _is_write_failure(error):
     """OSError or anything a library raised because of one (h5py, zipfile wrap them)."""
-    return isinstance(error, OSError) or _is_disk_full(error)
+    return isinstance(error, OSError) or out_of_space(error) is not None

@@ -14,20 +14,22 @@ The dataset feeds `model.fit` under every Keras backend.
 import numpy as np
 import tensorflow as tf
 
-from training.tokenizers import END_ID, START_ID
+from kerasformer.training.text_rules import shift_target, truncate_source
 
 
 def tokenize_pairs(sources, targets, source_tokenizer, target_tokenizer, max_source_length, max_target_length):
-    """A dataset of (encoder_tokens, decoder_tokens, labels) int32 vectors, truncated
-    so that no sequence exceeds its maximum length ([START]/[END] included)."""
+    """A dataset of (encoder_tokens, decoder_tokens, labels) int32 vectors, one per pair, in
+    order, cut and shifted by `kerasformer.training.text_rules` ([START]/[END] included in
+    the maximum lengths)."""
     pairs = tf.data.Dataset.from_tensor_slices((list(sources), list(targets)))
 
     def tokenize(source, target):
-        encoder_tokens = source_tokenizer(source)[:max_source_length]
-        target_tokens = target_tokenizer(target)[: max_target_length - 1]
-        decoder_tokens = tf.concat([[START_ID], target_tokens], axis=0)
-        labels = tf.concat([target_tokens, [END_ID]], axis=0)
-        return tf.cast(encoder_tokens, tf.int32), tf.cast(decoder_tokens, tf.int32), tf.cast(labels, tf.int32)
+        def batch_of_one(ids):
+            return tf.RaggedTensor.from_tensor(tf.cast(ids, tf.int32)[tf.newaxis])
+
+        encoder_tokens = truncate_source(batch_of_one(source_tokenizer(source)), max_source_length)
+        decoder_tokens, labels = shift_target(batch_of_one(target_tokenizer(target)), max_target_length)
+        return encoder_tokens[0], decoder_tokens[0], labels[0]
 
     return pairs.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -130,11 +132,13 @@ def make_dataset(
     return dataset.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def epoch_size(dataset):
+def epoch_size(dataset, progress=None):
     """`(batches, non-padding target tokens)` of one pass over `dataset` (for steps per
-    epoch and tokens/s figures), counted in a single pass."""
+    epoch and tokens/s figures), counted in a single pass (it tokenizes and batches the whole
+    split, so `progress`, a `kerasformer.training.progress.Progress`, can report it)."""
     batches = tokens = 0
-    for _, labels in dataset.as_numpy_iterator():
+    iterator = dataset.as_numpy_iterator()
+    for _, labels in progress.iterate(iterator) if progress is not None else iterator:
         batches += 1
         tokens += int(np.count_nonzero(labels))
     return batches, tokens

@@ -14,8 +14,8 @@ steps and at each epoch end, everything the next steps depend on:
 
 Both are written to a temporary file, fsynced and renamed, the .npz first, so
 a kill at any moment leaves a complete pair; a full disk leaves the previous
-pair and raises `training.files.WriteError`. The data order of epoch e
-is a function of (seed, e) (`training.pipeline.make_dataset(epochs=...)`), so
+pair and raises `kerasformer.training.files.WriteError`. The data order of epoch e
+is a function of (seed, e) (`kerasformer.training.pipeline.make_dataset(epochs=...)`), so
 the resumed run skips the batches already trained on and sees what the
 uninterrupted run would have seen: on TensorFlow its final weights equal those
 of a run that was never interrupted.
@@ -35,7 +35,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from training.files import atomic_save, atomic_write
+from kerasformer.training.files import atomic_save, atomic_write
 
 STATE_FILE = "state.json"
 

@@ -18,7 +18,7 @@ import os
 import keras_hub
 import sentencepiece
 
-from training.files import atomic_write
+from kerasformer.training.files import atomic_write
 
 PAD_ID, UNK_ID, START_ID, END_ID = 0, 1, 2, 3
 SPECIAL_PIECES = {"pad": "[PAD]", "unk": "[UNK]", "bos": "[START]", "eos": "[END]"}
@@ -68,8 +68,6 @@ def load_tokenizer(proto):
 
 def save_tokenizer(proto, path):
     """Writes the model proto (`.model`) and a human-readable `.vocab` beside it."""
-    from training.files import atomic_write
-
     atomic_write(path, proto)
     processor = sentencepiece.SentencePieceProcessor(model_proto=proto)
     listing = "".join(f"{i}\t{processor.id_to_piece(i)}\n" for i in range(processor.get_piece_size()))

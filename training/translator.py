@@ -1,12 +1,11 @@
 """Translate text with a trained run: `Translator.from_run("runs/en-es").translate([...])`.
 
 Tokenizes with the run's own SentencePiece models, decodes greedily or with
-beam search (`beam_size`) with the cached loops of `kerasformer.decoding` (compiled with `tf.function` or `jax.jit`
-when the backend allows it), and detokenizes. Also draws the cross-attention
-weights of one decoder layer, one panel per head, as the course notes do.
+beam search (`beam_size`) with the cached loops of `kerasformer.decoding` (compiled with
+`tf.function` or `jax.jit` when the backend allows it), and detokenizes, with the rules of
+`kerasformer.training.text_rules`. Also gives the cross-attention weights of one decoder
+layer (drawn by `kerasformer.training.plots`, one panel per head, as the course notes do).
 """
-
-import os
 
 import keras
 import numpy as np
@@ -14,7 +13,9 @@ from keras import ops
 
 from kerasformer.decoding import beam_search, greedy_decode
 from kerasformer.masks import padding_mask
-from training.tokenizers import END_ID, START_ID, load_tokenizer
+from kerasformer.training.run_folder import RunFolder
+from kerasformer.training.text_rules import strip_end, truncate_source
+from kerasformer.training.tokenizers import END_ID, START_ID
 
 
 def compile_for_backend(function, jit_compile=True):
@@ -49,30 +50,6 @@ def compile_for_backend(function, jit_compile=True):
     return function
 
 
-def run_files(run_dir, checkpoint="best"):
-    """`(RUN_DIR/{checkpoint}.keras, source .model, target .model)` of a training
-    run; FileNotFoundError naming the first one missing."""
-    tokenizers = os.path.join(run_dir, "tokenizers")
-    paths = (
-        os.path.join(run_dir, f"{checkpoint}.keras"),
-        os.path.join(tokenizers, "source.model"),
-        os.path.join(tokenizers, "target.model"),
-    )
-    for path in paths:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} does not exist: is {run_dir} a finished training run?")
-    return paths
-
-
-def load_run_model(path):
-    """The model of a `.keras` file, loaded in Keras's safe mode (the default: a file
-    holding Python code, e.g. a Lambda layer, is refused, not run); errors name the file."""
-    try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as error:
-        raise ValueError(f"{path}: cannot load the model: {error}") from error
-
-
 class Translator:
     """Raw text in, translated text out.
 
@@ -105,21 +82,18 @@ class Translator:
 
     @classmethod
     def from_run(cls, run_dir, checkpoint="best", **kwargs):
-        """Loads `RUN_DIR/{checkpoint}.keras` and the run's tokenizers."""
-        model_path, source_model, target_model = run_files(run_dir, checkpoint)
-        return cls(
-            load_run_model(model_path),
-            load_tokenizer(source_model),
-            load_tokenizer(target_model),
-            **kwargs,
-        )
+        """Loads `RUN_DIR/{checkpoint}.keras` and the run's tokenizers (`RunFolder`)."""
+        run = RunFolder(run_dir)
+        run.finished_files(checkpoint)  # names the first missing file before anything loads
+        return cls(run.load_model(checkpoint), *run.load_tokenizers(), **kwargs)
 
     def encode(self, texts):
         """Source token ids, truncated to the model's maximum source length."""
-        return [list(ids)[: self.max_source_length] for ids in self.source_tokenizer(list(texts))]
+        return truncate_source([list(ids) for ids in self.source_tokenizer(list(texts))], self.max_source_length)
 
-    def translate_tokens(self, source_ids):
-        """Lists of source ids -> lists of target ids (without [END] and padding)."""
+    def translate_tokens(self, source_ids, progress=None):
+        """Lists of source ids -> lists of target ids (without [END] and padding).
+        `progress` (a `kerasformer.training.progress.Progress`) advances by each decoded batch."""
         order = sorted(range(len(source_ids)), key=lambda i: len(source_ids[i]))  # similar lengths together
         results = [None] * len(source_ids)
         for start in range(0, len(order), self.batch_size):
@@ -129,20 +103,21 @@ class Translator:
             batch = np.zeros((len(rows), min(width, self.max_source_length)), "int32")
             for row, i in enumerate(rows):
                 batch[row, : len(source_ids[i])] = source_ids[i]
-            tokens = ops.convert_to_numpy(self._decode(batch))
+            tokens, length = (ops.convert_to_numpy(x) for x in strip_end(self._decode(batch)))
             for row, i in enumerate(rows):
-                ids = [int(t) for t in tokens[row] if t != 0]
-                results[i] = ids[: ids.index(END_ID)] if END_ID in ids else ids
+                results[i] = [int(t) for t in tokens[row, : length[row]]]
+            if progress is not None:
+                progress.advance(len(rows))
         return results
 
-    def translate(self, texts):
-        """Translates a list of strings."""
+    def translate(self, texts, progress=None):
+        """Translates a list of strings (`progress`: as in `translate_tokens`)."""
         if isinstance(texts, str):
             raise TypeError("translate() takes a list of strings; wrap one sentence in a list")
         texts = list(texts)
         if not texts:
             return []
-        target_ids = self.translate_tokens(self.encode(texts))
+        target_ids = self.translate_tokens(self.encode(texts), progress)
         return [self.detokenize(ids) for ids in target_ids]
 
     def detokenize(self, ids):
@@ -179,30 +154,8 @@ class Translator:
 
     def plot_attention(self, text, path, layer=-1):
         """Writes a PNG of the cross-attention of `layer`, one panel per head."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from kerasformer.training.plots import plot_attention
 
         source, target, weights = self.cross_attention(text, layer)
-        heads = weights.shape[0]
-        columns = min(4, heads)
-        rows = -(-heads // columns)
-        figure, axes = plt.subplots(
-            rows, columns, figsize=(3 + 0.35 * len(source) * columns, 1 + 0.35 * len(target) * rows), squeeze=False
-        )
-        for head, axis in enumerate(axes.flat):
-            if head >= heads:
-                axis.axis("off")
-                continue
-            axis.imshow(weights[head], cmap="viridis", vmin=0, vmax=1)
-            axis.set_title(f"head {head}")
-            axis.set_xticks(range(len(source)), source, rotation=90, fontsize=7)
-            axis.set_yticks(range(len(target)), target, fontsize=7)
-        figure.suptitle(f"cross-attention, decoder layer {layer % len(self.model.get_layer('decoder').blocks)}")
-        figure.tight_layout()
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
-        return path
-
+        layers = len(self.model.get_layer("decoder").blocks)
+        return plot_attention(source, target, weights, path, f"cross-attention, decoder layer {layer % layers}")

@@ -70,7 +70,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from export.serving.status import StatusError, internal, invalid_argument, unavailable
+from kerasformer.export.serving.status import StatusError, internal, invalid_argument, unavailable
 
 log = logging.getLogger("kerasformer.serve")
 
@@ -149,7 +149,7 @@ def parse_batching_parameters(text, source="<batching parameters>"):
     or a syntax error fails with INVALID_ARGUMENT "Invalid protobuf file: 'SOURCE'", the real
     server's status message (its server then does not start); the parser's own reason is kept on
     the error as `detail`. The server reads the file with
-    `export.serving.model_config.parse_proto_text_file`, which does the same.
+    `kerasformer.export.serving.model_config.parse_proto_text_file`, which does the same.
     """
     from google.protobuf import text_format
 

@@ -134,7 +134,7 @@ class ServingClient:
 def make_parser():
     # The shared flags' module is standard library only too, but imported here, not at the top:
     # ServingClient itself stays a file that can be copied alone.
-    from training.cli import command_line
+    from kerasformer.training.cli import command_line
 
     parser = command_line("kerasformer-translate", "Translate texts with a served kerasformer model.",
                           model_version=True)
@@ -152,7 +152,7 @@ def make_parser():
 
 
 def main(argv=None):
-    from training.cli import configure
+    from kerasformer.training.cli import configure
 
     args = make_parser().parse_args(argv)
     configure(args)

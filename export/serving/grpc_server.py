@@ -22,7 +22,7 @@ server's code, cited in its docstring, down to the error texts:
 
 Only gRPC Predict fills an input the request leaves out from the SignatureDef's `defaults`
 (`VerifyRequestInputsSize` in predict_util.cc, `saved_model::GetInputValues` in TensorFlow's
-cc/saved_model/util.cc); REST never does. Those rules live in `export.serving.predict`, shared
+cc/saved_model/util.cc); REST never does. Those rules live in `kerasformer.export.serving.predict`, shared
 with REST.
 
 Every error is an `absl::Status` there and a `StatusError` here: its code becomes the gRPC status
@@ -59,8 +59,8 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from export.serving import predict as predict_rules
-from export.serving.status import StatusError, invalid_argument, not_found
+from kerasformer.export.serving import predict as predict_rules
+from kerasformer.export.serving.status import StatusError, invalid_argument, not_found
 
 log = logging.getLogger("kerasformer.serve")
 
@@ -240,7 +240,7 @@ class _Services(prediction_service_pb2_grpc.PredictionServiceServicer, model_ser
     def Predict(self, request, context):
         """`TensorflowPredictor::Predict` then `internal::RunPredict` (predict_util.cc):
         signature "" is serving_default, an unknown one FAILED_PRECONDITION; inputs, defaults,
-        output filter and feed dtypes checked in the real order by `export.serving.predict`.
+        output filter and feed dtypes checked in the real order by `kerasformer.export.serving.predict`.
         The answer's model_spec is the request's name, the signature used and the version run."""
         response = predict_pb2.PredictResponse()
         with self._answering(context, "Predict", request.model_spec.name):
@@ -426,7 +426,7 @@ def start_grpc_server(repository, predict, port, host="0.0.0.0", metrics=None, m
             the REST app's, so gRPC requests share the batcher when batching is on.
         port: the gRPC port (the real server's --port, 8500).
         host: the address to listen on; the real server listens on 0.0.0.0.
-        metrics: an `export.serving.metrics` recorder (`record(model, api, "GRPC", code,
+        metrics: an `kerasformer.export.serving.metrics` recorder (`record(model, api, "GRPC", code,
             seconds)`), or None.
         max_workers: threads answering requests; default 4 per CPU, the real server's
             --grpc_max_threads default (model_servers/server.h).

@@ -38,7 +38,7 @@ import re
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from export.serving.status import StatusError, invalid_argument
+from kerasformer.export.serving.status import StatusError, invalid_argument
 
 TENSORFLOW_PLATFORM = "tensorflow"  # kTensorFlowModelPlatform, the only platform this server has
 

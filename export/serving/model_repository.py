@@ -5,7 +5,7 @@ What the real server does (tensorflow/serving), and where:
 
 - **Which versions** (`sources/storage_path/file_system_storage_path_source.cc`): every
   `--file_system_poll_wait_seconds` each model's base path is listed and its version policy picks
-  the versions to serve (`export.serving.model_config.aspired_versions`). A missing base path is
+  the versions to serve (`kerasformer.export.serving.model_config.aspired_versions`). A missing base path is
   an error in the log, and changes nothing: versions already loaded keep serving.
 - **Loading and unloading** (`core/availability_preserving_policy.cc`, `GetNextAction`): the
   newest version not yet tried loads first; a version the policy no longer wants unloads only
@@ -51,7 +51,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import config_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
-from export.serving.model_config import (  # noqa: F401  (MODEL_NAME, check_model_name: used from here too)
+from kerasformer.export.serving.model_config import (  # noqa: F401  (MODEL_NAME, check_model_name: used from here too)
     MODEL_NAME,
     ModelServerConfig,
     aspired_versions,
@@ -60,9 +60,9 @@ from export.serving.model_config import (  # noqa: F401  (MODEL_NAME, check_mode
     validate_model_server_config,
     version_children,
 )
-from export.serving.predict import prepare_inputs
-from export.serving.rest_codec import NUMPY_DTYPES, SignatureSpec, TensorSpec
-from export.serving.status import StatusError, failed_precondition, invalid_argument, not_found
+from kerasformer.export.serving.predict import prepare_inputs
+from kerasformer.export.serving.rest_codec import NUMPY_DTYPES, SignatureSpec, TensorSpec
+from kerasformer.export.serving.status import StatusError, failed_precondition, invalid_argument, not_found
 
 log = logging.getLogger("kerasformer.serve")
 

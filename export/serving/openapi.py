@@ -23,8 +23,8 @@ here. The server answers this description at `GET /kerasformer/openapi.json`, th
 server against it (tests/test_rest_fuzz.py), and a copy is kept in `export/serving/openapi.json`
 for readers and other tools:
 
-    python -m export.serving.openapi            # print it
-    python -m export.serving.openapi --write    # rewrite export/serving/openapi.json
+    python -m kerasformer.export.serving.openapi            # print it
+    python -m kerasformer.export.serving.openapi --write    # rewrite export/serving/openapi.json
 
 TensorFlow Serving's custom methods put a colon after the last path parameter
 (`/v1/models/{name}:predict`). OpenAPI allows a template expression followed by literal text in
@@ -408,7 +408,7 @@ def to_json(description):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m export.serving.openapi", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m kerasformer.export.serving.openapi", description=__doc__.split("\n\n")[0])
     parser.add_argument("--write", action="store_true", help="write export/serving/openapi.json instead of printing")
     args = parser.parse_args(argv)
     text = to_json(openapi_description())

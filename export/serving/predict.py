@@ -41,8 +41,8 @@ import math
 
 import numpy as np
 
-from export.serving.rest_codec import MAX_RANK, NUMPY_DTYPES, SignatureSpec, TensorSpec, dtype_name, type_string
-from export.serving.status import StatusError, invalid_argument
+from kerasformer.export.serving.rest_codec import MAX_RANK, NUMPY_DTYPES, SignatureSpec, TensorSpec, dtype_name, type_string
+from kerasformer.export.serving.status import StatusError, invalid_argument
 
 
 def find_signature(signatures, name):

@@ -2,10 +2,10 @@
 
 The real model server parses a predict body with `FillPredictRequestFromJson` and writes the
 answer with `MakeJsonFromTensors`; this module ports both, with their error texts, on top of
-`export.serving.rapidjson` (the RapidJSON 1.1.0 reader and writer they use).
+`kerasformer.export.serving.rapidjson` (the RapidJSON 1.1.0 reader and writer they use).
 
 Request (`parse_predict_request`), in the order the real server checks it:
-1. The body must parse (RapidJSON, see `export.serving.rapidjson`) and be an object.
+1. The body must parse (RapidJSON, see `kerasformer.export.serving.rapidjson`) and be an object.
 2. `signature_name`, when present, must be a string; "" or absent is serving_default. The model
    and the signature are looked up only now (`get_signature`), so a body that does not parse gets
    400 even for an unknown model.
@@ -40,7 +40,7 @@ Where the real server's order is that of a protobuf Map (the signature's inputs,
 protobuf leaves unspecified, this module takes names in sorted order.
 
 This module knows nothing of TensorFlow: a signature is described by `SignatureSpec`, built from
-the SignatureDef by `export.serving.model_repository`.
+the SignatureDef by `kerasformer.export.serving.model_repository`.
 """
 
 import base64
@@ -51,9 +51,9 @@ import re
 
 import numpy as np
 
-from export.serving import rapidjson
-from export.serving.rapidjson import Object, debug_string, utf8
-from export.serving.status import StatusError, invalid_argument
+from kerasformer.export.serving import rapidjson
+from kerasformer.export.serving.rapidjson import Object, debug_string, utf8
+from kerasformer.export.serving.status import StatusError, invalid_argument
 
 # SignatureDef dtype names -> the NumPy dtypes json_tensor.cc can read and write.
 NUMPY_DTYPES = {

@@ -74,21 +74,21 @@ from google.protobuf import descriptor
 from tensorflow.core.protobuf import error_codes_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
 
-from export.serving import model_config, rapidjson
-from export.serving.batching import Batcher, BatchingParameters
-from export.serving.grpc_server import (
+from kerasformer.export.serving import model_config, rapidjson
+from kerasformer.export.serving.batching import Batcher, BatchingParameters
+from kerasformer.export.serving.grpc_server import (
     check_classification_signature,
     check_regression_signature,
     find_signature,
     start_grpc_server,
 )
-from export.serving.metrics import DEFAULT_PATH as PROMETHEUS_PATH
-from export.serving.metrics import Metrics
-from export.serving.model_config import TUNING_FLAGS, UNIMPLEMENTED_FLAGS, FlagError, parse_flags, usage
-from export.serving.model_repository import ModelRepository
-from export.serving.openapi import openapi_description
-from export.serving.predict import preprocess
-from export.serving.rest_codec import (
+from kerasformer.export.serving.metrics import DEFAULT_PATH as PROMETHEUS_PATH
+from kerasformer.export.serving.metrics import Metrics
+from kerasformer.export.serving.model_config import TUNING_FLAGS, UNIMPLEMENTED_FLAGS, FlagError, parse_flags, usage
+from kerasformer.export.serving.model_repository import ModelRepository
+from kerasformer.export.serving.openapi import openapi_description
+from kerasformer.export.serving.predict import preprocess
+from kerasformer.export.serving.rest_codec import (
     base64_unescape,
     format_error,
     format_predict_response,
@@ -97,7 +97,7 @@ from export.serving.rest_codec import (
     parse_predict_request,
     signature_lookup,
 )
-from export.serving.status import StatusError, failed_precondition, invalid_argument
+from kerasformer.export.serving.status import StatusError, failed_precondition, invalid_argument
 
 log = logging.getLogger("kerasformer.serve")
 

@@ -4,7 +4,7 @@ English: World English Bible, SWORD module engWEB2015eb (Debian package sword-te
 Spanish: Reina-Valera 1909, SWORD module spaRV1909eb (Debian package sword-text-sparv).
 Both are read with pysword (run with pysword==0.2.8) and paired verse by verse.
 
-    python -m training.corpus.extract_bible [--sword-path /usr/share/sword] [--out DIR] [--check]
+    python -m kerasformer.training.corpus.extract_bible [--sword-path /usr/share/sword] [--out DIR] [--check]
 
 The WEB uses NRSVA versification and the RV1909 KJV versification, so the same
 book/chapter/verse key does not always name the same verse; and the RV1909 module keeps the
