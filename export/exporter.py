@@ -38,8 +38,10 @@ server can merge requests and split the answers (batching/batching_util.h).
                                                           first 0), greedy
                    -> tokens, length as in serving_default
 
-The signatures without a max_length input stop at --max-length (default: the
-decoder's max_length).
+The signatures without a max_length input stop each row at ceil(a * source ids + b)
+target ids, the run's length rule (config.json "decoding", fitted to the training pairs:
+a looping model stops near its source's length), and never past --max-length (default:
+the decoder's max_length). A max_length input replaces both.
 
 Sources longer than the encoder's max_length tokens are truncated (as in
 training). Tokenization and detokenization are the run's keras-hub
@@ -162,15 +164,17 @@ def export_run(
         warmup=warmup,
         beam_size=beam_size,
         alpha=alpha,
+        length_rule=run.length_rule(),
     )
 
 
 def export_model(model, source_model, target_model, model_dir, version=None, max_length=None, warmup=True,
-                 beam_size=BEAM_SIZE, alpha=ALPHA):
+                 beam_size=BEAM_SIZE, alpha=ALPHA, length_rule=None):
     """Exports a `build_seq2seq` model with its SentencePiece model files
     (`.model`, a `.vocab` listing beside each is copied too) to
     `model_dir/version/` atomically; returns that path. TensorFlow backend only.
-    `max_length`, `beam_size`, `alpha`: as in `export_run`.
+    `max_length`, `beam_size`, `alpha`: as in `export_run`; `length_rule`: the run's
+    `(a, b)` (`translation_module.TranslationModule`).
 
     Raises `ExportError` when the disk (or quota) is full; the versions already
     there are untouched and nothing of this one is left."""
@@ -199,7 +203,7 @@ def export_model(model, source_model, target_model, model_dir, version=None, max
                     listing = os.path.splitext(path)[0] + ".vocab"
                     if os.path.exists(listing):
                         shutil.copyfile(listing, os.path.join(vocabularies, f"{side}.vocab"))
-                module = TranslationModule(model, vocabularies, max_length, beam_size, alpha)
+                module = TranslationModule(model, vocabularies, max_length, beam_size, alpha, length_rule)
                 tf.saved_model.save(module, staging, signatures={name: getattr(module, name) for name in SIGNATURES})
                 check_servable_ops(staging)
                 if warmup:

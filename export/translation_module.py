@@ -18,7 +18,7 @@ import os
 import tensorflow as tf
 
 from kerasformer.decoding import beam_search, greedy_decode
-from kerasformer.training.text_rules import strip_end, truncate_source
+from kerasformer.training.text_rules import length_limit, strip_end, truncate_source
 from kerasformer.training.tokenizers import END_ID, PAD_ID, START_ID, load_tokenizer
 
 
@@ -36,9 +36,13 @@ class TranslationModule(tf.Module):
             `translate_beam_max_length` (hypotheses per sentence, in
             [1, vocab_size); the length penalty's exponent, >= 0). Saved with
             the module: `tf.saved_model.load(path).beam_size`, `.alpha`.
+        length_rule: the run's `(a, b)`: the signatures without a `max_length` input
+            also stop each row at ceil(a * source ids + b) target ids
+            (`text_rules.length_limit`); None: at `max_length` only. Saved as
+            `.length_a`, `.length_b` (0 and max_length without a rule).
     """
 
-    def __init__(self, model, vocabularies, max_length, beam_size, alpha):
+    def __init__(self, model, vocabularies, max_length, beam_size, alpha, length_rule=None):
         super().__init__(name="kerasformer")
         # Track the underlying tf.Variables, not the Keras model (it is set past
         # tf.Module's attribute tracking). Saved through the model, the weights
@@ -63,6 +67,10 @@ class TranslationModule(tf.Module):
         # them back with tf.saved_model.load(path).beam_size); nothing assigns them.
         self.beam_size = tf.Variable(int(beam_size), dtype=tf.int32, trainable=False, name="beam_size")
         self.alpha = tf.Variable(float(alpha), dtype=tf.float32, trainable=False, name="alpha")
+        self.length_rule = None if length_rule is None else tuple(float(x) for x in length_rule)
+        a, b = self.length_rule or (0.0, float(self.default_max_length))
+        self.length_a = tf.Variable(a, dtype=tf.float32, trainable=False, name="length_a")
+        self.length_b = tf.Variable(b, dtype=tf.float32, trainable=False, name="length_b")
         self.source_tokenizer = _exportable(load_tokenizer(os.path.join(vocabularies, "source.model")), "source")
         self.target_tokenizer = _exportable(load_tokenizer(os.path.join(vocabularies, "target.model")), "target")
         self.vocabularies = [tf.saved_model.Asset(os.path.join(vocabularies, n)) for n in sorted(os.listdir(vocabularies))]
@@ -73,7 +81,7 @@ class TranslationModule(tf.Module):
 
         @tf.function(input_signature=[text_spec])
         def serving_default(text):
-            return self.translate(text, self.default_max_length)
+            return self.translate(text, None)
 
         @tf.function(input_signature=[text_spec, max_length_spec])
         def translate_max_length(text, max_length):
@@ -81,7 +89,7 @@ class TranslationModule(tf.Module):
 
         @tf.function(input_signature=[text_spec])
         def translate_beam(text):
-            return self.translate(text, self.default_max_length, beam=True)
+            return self.translate(text, None, beam=True)
 
         @tf.function(input_signature=[text_spec, max_length_spec])
         def translate_beam_max_length(text, max_length):
@@ -89,7 +97,7 @@ class TranslationModule(tf.Module):
 
         @tf.function(input_signature=[tokens_spec])
         def translate_tokens(tokens):
-            return self.decode(tokens, self.default_max_length)
+            return self.decode(tokens, None)
 
         self.serving_default = serving_default
         self.translate_max_length = translate_max_length
@@ -121,7 +129,7 @@ class TranslationModule(tf.Module):
 
     def translate(self, text, max_length, beam=False):
         """string `(batch,)` -> {translation, tokens, length} (+ score with `beam`);
-        `max_length` an int or int32 `(batch,)` (see `decode`)."""
+        `max_length` None or int32 `(batch,)` (see `decode`)."""
         source = truncate_source(self.source_tokenizer(text), self.max_source_length)
         encoder_tokens = source.to_tensor(default_value=PAD_ID)
         if_all_empty = [[0, 0], [0, tf.maximum(1 - tf.shape(encoder_tokens)[1], 0)]]
@@ -144,7 +152,8 @@ class TranslationModule(tf.Module):
         so a client that ends every row with a 0 gets the same answer merged
         or alone.
 
-        `max_length`: an int (every row) or int32 `(batch,)` from `checked_max_length`.
+        `max_length`: int32 `(batch,)` from `checked_max_length`, or None: the
+        module's default max_length, each row within its length rule.
         """
         encoder_tokens = truncate_source(tf.cast(encoder_tokens, tf.int32), self.max_source_length)
         encoder_tokens *= tf.math.cumprod(tf.cast(encoder_tokens != PAD_ID, tf.int32), axis=1)
@@ -155,12 +164,18 @@ class TranslationModule(tf.Module):
         ]
         with tf.control_dependencies(checks):
             encoder_tokens = tf.identity(encoder_tokens)
+        limits = None
+        if max_length is None:
+            max_length = self.default_max_length
+            if self.length_rule is not None:
+                source_lengths = tf.reduce_sum(tf.cast(encoder_tokens != PAD_ID, tf.int32), axis=1)
+                limits = length_limit(source_lengths, (self.length_a, self.length_b), max_length)
         scores = {}
         if beam:
             tokens, scores["score"] = beam_search(
-                self.model, encoder_tokens, START_ID, END_ID, max_length, self.beam_size, self.alpha)
+                self.model, encoder_tokens, START_ID, END_ID, max_length, self.beam_size, self.alpha, limits=limits)
         else:
-            tokens = greedy_decode(self.model, encoder_tokens, START_ID, END_ID, max_length)
+            tokens = greedy_decode(self.model, encoder_tokens, START_ID, END_ID, max_length, limits=limits)
         tokens, length = strip_end(tokens)
         return {"tokens": tokens, "length": length, **scores}
 

@@ -67,6 +67,9 @@ class Search:
         encoder_tokens: int `(batch, source_length)`, 0-padded.
         end_id: the id of [END].
         max_length: most tokens per row, as in `row_limits`.
+        limits: None, or int `(batch,)`: each row also stops at its own limit,
+            while the loop's length stays `max_length` (an int keeps the shapes
+            static, as XLA and `jax.jit` need). The caller keeps them >= 1.
         beam_size: None to decode each sentence once (greedy); else each
             sentence is decoded `beam_size` times side by side (rows
             `r * beam_size + b`), all attending to its encoder output.
@@ -76,12 +79,14 @@ class Search:
         positions (`0 .. loop_length - 1`).
     """
 
-    def __init__(self, model, encoder_tokens, end_id, max_length, beam_size=None):
+    def __init__(self, model, encoder_tokens, end_id, max_length, beam_size=None, limits=None):
         encoder, self.decoder = model.get_layer("encoder"), model.get_layer("decoder")
         self.end_id = end_id
         encoder_tokens = ops.convert_to_tensor(encoder_tokens, dtype="int32")
         self.batch_size = ops.shape(encoder_tokens)[0]
         self.loop_length, self.limits = row_limits(max_length, self.batch_size, self.decoder.max_length)
+        if limits is not None:  # rows stop earlier; the loop keeps its (static) length
+            self.limits = ops.minimum(self.limits, ops.convert_to_tensor(limits, dtype="int32"))
         self.encoder_padding_mask = padding_mask(encoder_tokens)
         encoder_output = encoder(encoder_tokens)
         if beam_size is not None:
@@ -129,7 +134,7 @@ class Search:
         return ops.logical_and(index < self.loop_length, ops.logical_not(ops.all(finished)))
 
 
-def greedy_decode(model, encoder_tokens, start_id, end_id, max_length):
+def greedy_decode(model, encoder_tokens, start_id, end_id, max_length, limits=None):
     """Greedy decoding with a key/value cache.
 
     Args:
@@ -138,13 +143,14 @@ def greedy_decode(model, encoder_tokens, start_id, end_id, max_length):
         start_id, end_id: the ids of [START] and [END].
         max_length: most tokens generated per row ([END] included): an int, a
             scalar int tensor, or int `(batch,)`, one limit per row (see `row_limits`).
+        limits: None, or int `(batch,)` limits within an int `max_length` (see `Search`).
 
     Returns:
         int32 tokens `(batch, loop_length)`, `loop_length` the largest limit: each
         row's tokens up to and including [END] (or up to its limit), then 0. A row
         is finished at [END] or at its limit; the loop stops as soon as every row is.
     """
-    search = Search(model, encoder_tokens, end_id, max_length)
+    search = Search(model, encoder_tokens, end_id, max_length, limits=limits)
 
     def keep_going(index, inputs, tokens, cache, finished):
         return search.keep_going(index, finished)
@@ -176,7 +182,7 @@ def length_penalty(length, alpha):
     return ops.power((5.0 + ops.cast(length, "float32")) / 6.0, alpha)
 
 
-def beam_search(model, encoder_tokens, start_id, end_id, max_length, beam_size=4, alpha=0.6):
+def beam_search(model, encoder_tokens, start_id, end_id, max_length, beam_size=4, alpha=0.6, limits=None):
     """Beam search with a key/value cache, batched.
 
     Each source sentence keeps `beam_size` hypotheses. At every step each
@@ -200,6 +206,7 @@ def beam_search(model, encoder_tokens, start_id, end_id, max_length, beam_size=4
         beam_size: hypotheses per sentence (an int, or a scalar int tensor under
             TensorFlow); at most `vocab_size - 1`.
         alpha: the length penalty's exponent.
+        limits: None, or int `(batch,)` limits within an int `max_length` (see `Search`).
 
     Returns:
         `(tokens, scores)`: int32 `(batch, loop_length)` laid out as in
@@ -209,7 +216,7 @@ def beam_search(model, encoder_tokens, start_id, end_id, max_length, beam_size=4
     vocab_size = model.get_layer("decoder").vocab_size
     if isinstance(beam_size, int) and not 1 <= beam_size < vocab_size:
         raise ValueError(f"beam_size={beam_size} must be in [1, vocab_size={vocab_size})")
-    search = Search(model, encoder_tokens, end_id, max_length, beam_size)
+    search = Search(model, encoder_tokens, end_id, max_length, beam_size, limits)
     batch_size = search.batch_size
     beams = batch_size * beam_size  # hypothesis b of sentence r is row r * beam_size + b
     extend = beam_step(search, beam_size, vocab_size)

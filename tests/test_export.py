@@ -11,6 +11,7 @@ TensorFlow-backend process, so these tests show that a model trained under each
 backend exports to a SavedModel that gives that backend's tokens."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -30,6 +31,7 @@ from kerasformer import build_seq2seq, preset
 from kerasformer.decoding import beam_search
 from kerasformer.training.tokenizers import END_ID, START_ID
 from kerasformer.training.train import train
+from kerasformer.training.run_folder import RunFolder
 from kerasformer.training.translator import Translator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -183,9 +185,29 @@ def test_session_loader_answers_exactly_what_translate_answers(session_answers, 
     assert not {"kerasformer", "keras_hub", "training", "export"} & set(session_answers["modules"])
 
 
+def test_the_default_signatures_stop_each_row_at_the_runs_length_rule(session_answers, translator, run_dir):
+    """serving_default stops a row at ceil(a * source ids + b) target ids ([END] included), the
+    rule fitted to the run's training pairs: greedy output cut there is a prefix of the output
+    without any rule."""
+    a, b = RunFolder(run_dir).length_rule()
+    answer = session_answers["results"][0]
+    unlimited = Translator(translator.model, translator.source_tokenizer, translator.target_tokenizer)
+    sources = translator.encode(TEXTS)
+    cut = 0
+    for source, row, length, ids in zip(sources, answer["tokens"], answer["length"],
+                                        unlimited.translate_tokens(sources)):
+        limit = min(math.ceil(a * len(source) + b), DECODER_MAX_LENGTH)
+        assert length == (limit if len(ids) >= limit else len(ids)), (limit, length, ids)
+        assert row[:length] == ids[:length]
+        cut += len(ids) >= limit
+    assert cut, "no row reached its limit: the test shows nothing"
+
+
 def test_each_row_stops_at_its_own_max_length(session_answers, translator):
     answer = session_answers["results"][1]
-    full = translator.translate_tokens(translator.encode(TEXTS))
+    # A max_length input replaces the run's length rule: compare with decoding without it.
+    unlimited = Translator(translator.model, translator.source_tokenizer, translator.target_tokenizer)
+    full = unlimited.translate_tokens(unlimited.encode(TEXTS))
     for row, length, ids, limit in zip(answer["tokens"], answer["length"], full, LIMITS):
         limit = min(limit, DECODER_MAX_LENGTH)  # above the decoder's: clipped
         # A greedy translation cut at `limit` tokens ([END] included) is a prefix of the whole one.
@@ -210,9 +232,10 @@ def test_translate_beam_signatures_equal_in_process_beam_search(session_answers,
     assert all(score <= 0 for score in default_beam["score"])  # log-probabilities / lp
     for length, limit in zip(limited["length"], LIMITS):
         assert length <= min(limit, DECODER_MAX_LENGTH)
-    # The row whose limit is clipped to the decoder's is the unlimited search's.
-    for key in ("translation", "score"):
-        assert limited[key][2] == default_beam[key][2], key
+    # The row whose limit is clipped to the decoder's is the search without any limit (a
+    # max_length input replaces the run's length rule).
+    unlimited = Translator(beam.model, beam.source_tokenizer, beam.target_tokenizer, beam_size=4, alpha=0.6)
+    assert limited["translation"][2] == unlimited.translate(TEXTS)[2]
 
 
 # Merged batches, on an export whose rows are told apart: an untrained model of the

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from conftest import numpy
 
-from kerasformer.training.schedule import TransformerSchedule, paper_optimizer
+from kerasformer.training.schedule import BudgetLearningRate, TransformerSchedule, budget_rate, paper_optimizer, paper_peak
 
 
 def paper_lrate(step_num, d_model, warmup_steps):
@@ -91,3 +91,79 @@ def test_optimizer_config_round_trip():
     assert isinstance(restored._learning_rate, TransformerSchedule)
     assert restored._learning_rate.get_config() == optimizer._learning_rate.get_config()
     assert (restored.beta_1, restored.beta_2, restored.epsilon) == (0.9, 0.98, 1e-9)
+
+
+# The budget schedule (Li et al. 2020; Cramming 2022): warmup, then a linear decay by time.
+
+
+def budget_reference(step, fraction, peak, warmup_steps):
+    """peak * min(1, (step + 1) / warmup) * max(0, 1 - fraction), in NumPy."""
+    step, fraction = np.asarray(step, "float64"), np.asarray(fraction, "float64")
+    return peak * np.minimum(1.0, (step + 1) / warmup_steps) * np.maximum(0.0, 1.0 - fraction)
+
+
+@pytest.mark.parametrize("step,fraction", [(0, 0.0), (4, 0.0), (9, 0.1), (50, 0.5), (50, 0.999), (50, 1.0), (80, 1.2)])
+def test_budget_rate_is_warmup_times_the_time_left(step, fraction):
+    np.testing.assert_allclose(budget_rate(step, fraction, 1e-3, 10), budget_reference(step, fraction, 1e-3, 10))
+    if fraction >= 1:
+        assert budget_rate(step, fraction, 1e-3, 10) == 0.0
+
+
+def test_the_paper_peak_is_equation_3_at_warmup_steps():
+    np.testing.assert_allclose(paper_peak(512, 4000), paper_lrate(4000, 512, 4000), rtol=1e-12)
+
+
+def tiny_regression():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1)])
+    model.compile(optimizer=paper_optimizer(8, 2, learning_rate=0.0), loss="mse", jit_compile=False)
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    return model, x, x.sum(axis=1, keepdims=True)
+
+
+def test_the_budget_schedule_sets_the_rate_each_compiled_step_uses_and_ends_at_zero():
+    """A fake clock runs out of budget after step 5 of 16 (batches of 4): from then on the
+    rate is 0 and the weights stop moving, on every backend (under JAX the compiled step
+    takes the optimizer's variables as state: the rate must reach it, not only the variable)."""
+    model, x, y = tiny_regression()
+    done = [0]
+
+    class CountSteps(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            done[0] += 1
+
+    fractions = [0.0, 0.1, 0.2, 0.4, 0.8] + [1.0] * 11
+    schedule = BudgetLearningRate(peak=0.05, warmup_steps=2, step=lambda: done[0],
+                                  clock=lambda: fractions[done[0]], resolution=0.0)
+    snapshots = []
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if keras.backend.backend() == "jax":
+                self.model.jax_state_sync()
+            snapshots.append([np.array(w) for w in self.model.get_weights()])
+
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0, callbacks=[schedule, CountSteps(), Snapshot()])
+    expected = [[step, budget_reference(step, fractions[step], 0.05, 2)] for step in range(5)] + [[5, 0.0]]
+    np.testing.assert_allclose(np.array(schedule.rates, "float64"), np.array(expected), rtol=1e-6)
+    assert float(numpy(model.optimizer.learning_rate)) == 0.0
+    moved = [any(not np.array_equal(a, b) for a, b in zip(before, after))
+             for before, after in zip(snapshots, snapshots[1:])]
+    assert moved[:4] == [True] * 4  # steps 1-4 trained (rate > 0)
+    assert not any(moved[4:]), "a step with rate 0 changed the weights"
+
+
+def test_the_budget_schedule_moves_the_rate_in_steps_of_its_resolution():
+    model, x, y = tiny_regression()
+    done = [0]
+
+    class CountSteps(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            done[0] += 1
+
+    schedule = BudgetLearningRate(peak=0.05, warmup_steps=1, step=lambda: done[0],
+                                  clock=lambda: min(1.0, done[0] / 15), resolution=0.2)
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0, callbacks=[schedule, CountSteps()])
+    rates = [rate for _, rate in schedule.rates]
+    assert rates[-1] == 0.0 and len(rates) < 16
+    assert all(a - b > 0.2 * 0.05 or b == 0.0 for a, b in zip(rates, rates[1:]))

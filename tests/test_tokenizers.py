@@ -35,3 +35,43 @@ def test_saved_tokenizer_loads_identically(tmp_path):
 
 def test_training_is_deterministic():
     assert train_sentencepiece(CHINESE, 60) == train_sentencepiece(CHINESE, 60)
+
+
+def corpus_sentences(split, column):
+    import gzip
+    import os
+
+    import kerasformer.training
+
+    path = os.path.join(os.path.dirname(kerasformer.training.__file__), "corpus", "en-es", f"{split}.tsv.gz")
+    with gzip.open(path, "rt", encoding="utf-8") as file:
+        next(file)
+        return [line.rstrip("\n").split("\t")[column] for line in file]
+
+
+def test_no_character_of_the_corpus_is_lost():
+    """Every character of the embedded corpus's Spanish side, the rare ones included (¡ ¿ — ’ é ñ
+    ü, and Ú, Ñ, É, seen once to three times), survives tokenize -> detokenize: no [UNK]."""
+    spanish = corpus_sentences("train", 1)
+    tokenizer = load_tokenizer(train_sentencepiece(spanish, 4000))
+    rare = [s for s in spanish if set(s) & set("¡¿—’éñüÚÑÉûÁ")]
+    assert len(rare) > 1000
+    ids = tokenizer(rare)
+    assert not any(UNK_ID in list(row) for row in ids)
+    assert tokenizer.detokenize(ids) == rare
+
+
+def test_characters_never_seen_in_training_come_back_as_bytes():
+    tokenizer = load_tokenizer(train_sentencepiece(corpus_sentences("train", 1)[:5000], 1000))
+    unseen = ["今天吃什么好", "Ærø — «naïve» ß €5 😀"]  # (NFKC-stable: SentencePiece normalizes ½ to 1⁄2)
+    ids = tokenizer(unseen)
+    assert not any(UNK_ID in list(row) for row in ids)
+    assert any(tokenizer.id_to_token(int(i)).startswith("<0x") for i in ids[0])
+    assert tokenizer.detokenize(ids) == unseen
+
+
+def test_chinese_with_a_small_vocabulary_keeps_every_character():
+    sentences = ["今天吃什么好", "我们吃米饭和青菜", "明天吃面条好不好", "你今天想吃什么"] * 5
+    tokenizer = load_tokenizer(train_sentencepiece(sentences, 60))
+    assert tokenizer.detokenize(tokenizer(sentences[:4])) == sentences[:4]
+    assert not any(UNK_ID in list(row) for row in tokenizer(sentences[:4]))

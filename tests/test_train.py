@@ -53,6 +53,28 @@ def test_run_folder_is_complete(tmp_path):
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_time_budget_decays_the_rate_to_zero_when_it_ends_and_keeps_its_clock_on_resume(tmp_path):
+    """learning_rate_schedule "auto" with a time budget is the budget schedule: warmup, then a
+    decay that reaches 0 as the budget's time runs out; the rates used go to TensorBoard and
+    curves.png; the time spent is saved, so a rerun of the same command has nothing left."""
+    config = tiny_config(tmp_path, epochs=50, time_budget_minutes=0.6, warmup_steps=3, peak_learning_rate=0.002)
+    assert config.schedule == "budget"
+    metrics = train(config)
+    assert metrics["stopped_by_time_budget"]
+    state = json.loads((tmp_path / "backup" / "state.json").read_text())
+    assert 36 <= state["seconds"] < 36 + 60  # checked at batch ends: an epoch end (validation, saves) may overrun it
+    steps, rates = zip(*state["learning_rates"])
+    assert list(steps) == sorted(steps) and steps[0] == 0
+    # Each rate is budget_rate(step, f): the share of the budget spent, f, only grows (compiling
+    # the first step may take much of a small budget) and the last step ran near the end.
+    spent = [1 - rate / (0.002 * min(1.0, (step + 1) / 3)) for step, rate in zip(steps, rates)]
+    assert all(0 <= f <= 1 for f in spent) and all(a <= b + 1e-9 for a, b in zip(spent, spent[1:])), spent
+    assert spent[-1] > 0.7, spent[-5:]
+    assert os.listdir(tmp_path / "logs" / "learning_rate")
+    again = train(config)
+    assert again["total_steps"] == metrics["total_steps"]  # nothing left to train
+
+
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", pytest.param("mixed_float16", marks=pytest.mark.slow)])
 def test_mixed_precision_trains_with_float32_loss(tmp_path, precision):
     metrics = train(tiny_config(tmp_path, epochs=1, precision=precision, max_train_pairs=60))

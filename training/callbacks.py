@@ -32,19 +32,33 @@ class AtomicCheckpoint(keras.callbacks.Callback):
 
 
 class TimeBudget(keras.callbacks.Callback):
-    """Stops training once `minutes` of wall-clock time have passed (checked after
-    each batch), so a demo run ends on time on any machine."""
+    """Stops training once `minutes` of training time have passed, checked after each
+    batch, so a run ends on time on any machine. The time is counted over every command
+    that trained the run: `progress.seconds` (saved with the resumable state) holds what
+    earlier commands spent, and this one adds its time from its first `fit` on. `fraction()`
+    is the share spent, the clock of the budget schedule (`schedule.BudgetLearningRate`)."""
 
-    def __init__(self, minutes):
+    def __init__(self, minutes, progress):
         super().__init__()
         self.seconds = minutes * 60
+        self.progress = progress
+        self.spent_before = progress.seconds
+        self.start = None
         self.stopped_early = False
 
+    def elapsed(self):
+        return self.spent_before + (time.monotonic() - self.start if self.start is not None else 0.0)
+
+    def fraction(self):
+        return min(1.0, self.elapsed() / self.seconds)
+
     def on_train_begin(self, logs=None):
-        self.start = time.monotonic()
+        if self.start is None:  # a resumed epoch and the epochs after it are two fit calls
+            self.start = time.monotonic()
 
     def on_train_batch_end(self, batch, logs=None):
-        if time.monotonic() - self.start > self.seconds:
+        self.progress.seconds = self.elapsed()
+        if self.progress.seconds >= self.seconds:
             self.model.stop_training = True
             self.stopped_early = True
 

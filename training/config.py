@@ -19,6 +19,7 @@ import tomllib
 from kerasformer.config import PRESETS, TransformerConfig
 from kerasformer.training.cli import BooleanFlag, command_line
 from kerasformer.training.distribute import DISTRIBUTIONS
+from kerasformer.training.schedule import SCHEDULES
 
 DEFAULT_CORPUS = os.path.join(os.path.dirname(__file__), "corpus", "en-es")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -43,6 +44,9 @@ class TrainConfig:
     epochs: int = 30
     time_budget_minutes: float = 0.0  # 0 = no limit
     warmup_steps: int = 4000
+    # "auto": "budget" with a time budget, else "paper" (training/schedule.py).
+    learning_rate_schedule: str = "auto"
+    peak_learning_rate: float = 0.0  # 0 = the paper's peak, d_model^-0.5 * warmup_steps^-0.5
     label_smoothing: float = 0.1
     patience: int = 5
     backup_every_steps: int = 0  # 0 = back up at epoch ends only
@@ -78,6 +82,14 @@ class TrainConfig:
             raise ValueError(f"precision={self.precision!r} must be one of {PRECISIONS}")
         if self.distribution not in DISTRIBUTIONS:  # whether this machine can run it: checked where training starts
             raise ValueError(f"distribution={self.distribution!r} must be one of {DISTRIBUTIONS}")
+        if self.learning_rate_schedule not in SCHEDULES:
+            raise ValueError(f"learning_rate_schedule={self.learning_rate_schedule!r} must be one of {SCHEDULES}")
+        if self.learning_rate_schedule == "budget" and not self.time_budget_minutes:
+            raise ValueError("learning_rate_schedule='budget' decays to zero at the end of the time budget: "
+                             "set time_budget_minutes, or use 'paper'")
+        if not 0 <= self.peak_learning_rate < math.inf:
+            raise ValueError(f"peak_learning_rate={self.peak_learning_rate!r} must be finite and >= 0 "
+                             "(0 = the paper's peak)")
         if not self.clip_norm >= 0:
             raise ValueError(f"clip_norm={self.clip_norm!r} must be >= 0 (0 = no clipping)")
         if not self.initial_loss_scale >= 1:
@@ -85,6 +97,13 @@ class TrainConfig:
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing={self.label_smoothing!r} must be in [0, 1)")
         self.model_config(8000, 8000)  # refuse bad model overrides before any work
+
+    @property
+    def schedule(self):
+        """The learning-rate schedule this run uses: "budget" or "paper"."""
+        if self.learning_rate_schedule == "auto":
+            return "budget" if self.time_budget_minutes else "paper"
+        return self.learning_rate_schedule
 
     def model_config(self, source_vocab_size, target_vocab_size):
         given = sorted({"source_vocab_size", "target_vocab_size"} & set(self.model))
@@ -139,6 +158,11 @@ HELP = {
     "epochs": "passes over the training pairs",
     "time_budget_minutes": "stop training after this many minutes (0: no limit)",
     "warmup_steps": "steps of the learning rate's linear warmup (the paper, section 5.3: 4000)",
+    "learning_rate_schedule": "paper (warmup, then inverse square root decay), budget (warmup, then a linear "
+                              "decay to zero when the time budget ends, by elapsed time), or auto (budget with "
+                              "a time budget, else paper)",
+    "peak_learning_rate": "the learning rate at the end of the warmup (0: the paper's, "
+                          "d_model^-0.5 * warmup_steps^-0.5)",
     "label_smoothing": "label smoothing epsilon_ls (the paper, section 5.4: 0.1)",
     "patience": "stop after this many epochs without a lower validation loss",
     "backup_every_steps": "save the resumable state every N steps too (0: at epoch ends only)",

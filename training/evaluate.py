@@ -37,8 +37,7 @@ def evaluate(run_dir, split="test", file=None, examples=5, checkpoint="best", be
     greedy, hypotheses = score(translator, corpus, run.eval_file(f"{split}.hyp.txt"), "greedy")
     scores = {"split": split, "file": path, "sentences": len(hypotheses), "checkpoint": checkpoint, **greedy}
     if beam_size > 1:
-        beam = Translator(translator.model, translator.source_tokenizer, translator.target_tokenizer,
-                          beam_size=beam_size, alpha=alpha)
+        beam = translator.with_search(beam_size, alpha)
         beam_scores, _ = score(beam, corpus, run.eval_file(f"{split}.beam.hyp.txt"), f"beam search ({beam_size})")
         scores["beam"] = {"beam_size": beam_size, "alpha": alpha, **beam_scores}
     atomic_write(run.eval_file(f"{split}.scores.json"), json.dumps(scores, indent=2, ensure_ascii=False).encode())

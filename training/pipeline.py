@@ -84,36 +84,11 @@ def make_dataset(
     pairs = tokenize_pairs(
         sources, targets, source_tokenizer, target_tokenizer, max_source_length, max_target_length
     ).cache()
-    longest = max(max_source_length, max_target_length)
-    boundaries = bucket_boundaries(longest)
-    batch_sizes = [
-        max(batch_multiple, batch_tokens // (boundary - 1) // batch_multiple * batch_multiple)
-        for boundary in boundaries
-    ]
-    batch_sizes.append(batch_sizes[-1])  # the bucket past the last boundary stays empty
-
-    def batched(dataset):
-        return dataset.bucket_by_sequence_length(
-            element_length_func=lambda source, decoder, labels: tf.maximum(tf.shape(source)[0], tf.shape(decoder)[0]),
-            bucket_boundaries=boundaries,
-            bucket_batch_sizes=batch_sizes,
-            pad_to_bucket_boundary=True,
-            drop_remainder=shuffle,
-        )
-
+    batched = bucketing(max(max_source_length, max_target_length), batch_tokens, batch_multiple,
+                        drop_remainder=shuffle)
     if epochs is not None:
-        # Random access to the tokenized pairs, so that an epoch's order can be a
-        # stateless function of (seed, epoch).
-        source, decoder, labels = pairs.ragged_batch(len(sources)).get_single_element()
-
-        def one_epoch(epoch):
-            keys = tf.random.stateless_uniform([len(sources)], seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
-            order = tf.data.Dataset.from_tensor_slices(tf.argsort(keys))
-            # Each bucket holds the same pairs every epoch, so every epoch has the same
-            # number of batches; only their order and content change.
-            return batched(order.map(lambda i: (source[i], decoder[i], labels[i])))
-
-        dataset = tf.data.Dataset.range(*epochs).flat_map(one_epoch)
+        everything = pairs.ragged_batch(len(sources)).get_single_element()  # random access to the pairs
+        dataset = tf.data.Dataset.range(*epochs).flat_map(lambda epoch: batched(shuffled_epoch(everything, seed, epoch)))
     elif shuffle:
         dataset = batched(pairs.shuffle(len(sources), seed=seed, reshuffle_each_iteration=True))
     else:
@@ -130,6 +105,40 @@ def make_dataset(
         )
 
     return dataset.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def bucketing(max_length, batch_tokens, batch_multiple, drop_remainder):
+    """`dataset -> batches`: pairs grouped by the longer side into the buckets of
+    `bucket_boundaries(max_length)`, padded to the bucket's boundary, batch_tokens // length
+    pairs a batch (rounded down to a multiple of batch_multiple, at least one multiple)."""
+    boundaries = bucket_boundaries(max_length)
+    batch_sizes = [
+        max(batch_multiple, batch_tokens // (boundary - 1) // batch_multiple * batch_multiple)
+        for boundary in boundaries
+    ]
+    batch_sizes.append(batch_sizes[-1])  # the bucket past the last boundary stays empty
+
+    def batched(dataset):
+        return dataset.bucket_by_sequence_length(
+            element_length_func=lambda source, decoder, labels: tf.maximum(tf.shape(source)[0], tf.shape(decoder)[0]),
+            bucket_boundaries=boundaries,
+            bucket_batch_sizes=batch_sizes,
+            pad_to_bucket_boundary=True,
+            drop_remainder=drop_remainder,
+        )
+
+    return batched
+
+
+def shuffled_epoch(pairs, seed, epoch):
+    """A dataset of the tokenized `pairs` (three ragged tensors: sources, decoder rows,
+    labels) in the order of `epoch`: a stateless function of `(seed, epoch)`, so a resumed
+    run sees the order an uninterrupted run saw. Each bucket holds the same pairs every
+    epoch, so every epoch has the same number of batches; only their order and content change."""
+    source, decoder, labels = pairs
+    keys = tf.random.stateless_uniform([source.nrows()], seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+    order = tf.data.Dataset.from_tensor_slices(tf.argsort(keys))
+    return order.map(lambda i: (source[i], decoder[i], labels[i]))
 
 
 def epoch_size(dataset, progress=None):

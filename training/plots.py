@@ -25,10 +25,11 @@ def _save(figure, path, dpi):
     return path
 
 
-def plot_curves(history, path):
-    """Train/validation loss and accuracy per epoch, side by side."""
+def plot_curves(history, path, learning_rates=()):
+    """Train/validation loss and accuracy per epoch, side by side, and the learning rate
+    per step (`[step, rate]` points, each holding until the next)."""
     plt = _pyplot()
-    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    figure, (loss_axis, accuracy_axis, rate_axis) = plt.subplots(1, 3, figsize=(15, 4))
     epochs = range(1, len(history["loss"]) + 1)
     for axis, metric in ((loss_axis, "loss"), (accuracy_axis, "masked_accuracy")):
         axis.plot(epochs, history[metric], marker="o", label="train")
@@ -37,6 +38,11 @@ def plot_curves(history, path):
         axis.set_xlabel("epoch")
         axis.set_title(metric)
         axis.legend()
+    if learning_rates:
+        steps, rates = zip(*learning_rates)
+        rate_axis.step(steps, rates, where="post")
+    rate_axis.set_xlabel("step")
+    rate_axis.set_title("learning rate")
     figure.tight_layout()
     return _save(figure, path, dpi=100)
 

@@ -56,12 +56,17 @@ class Progress:
     best: float = math.inf  # lowest val_loss so far (for best.keras)
     finished: int = 0  # the `epochs` setting under which the run finished (0: not finished)
     weights: str = ""  # the .npz file in the backup folder
+    seconds: float = 0.0  # training time spent, all commands together (for the time budget)
+    learning_rates: list = dataclasses.field(default_factory=list)  # [step, rate] where the budget schedule set it
 
 
 def state_variables(model):
     """What a resumed run needs restored: `model.variables` (weights and dropout seed
-    generator states) and the optimizer's variables, in a fixed order."""
-    return list(model.variables) + list(model.optimizer.variables)
+    generator states) and the optimizer's variables, in a fixed order. Not the optimizer's
+    `learning_rate` variable, which only the budget schedule has: it sets the rate before
+    every step, so a run can resume under either schedule (and backups stay as they were)."""
+    optimizer = [v for v in model.optimizer.variables if v.name != "learning_rate"]
+    return list(model.variables) + optimizer
 
 
 def load_progress(folder):

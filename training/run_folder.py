@@ -2,7 +2,8 @@
 `kerasformer-evaluate`, `Translator.from_run` and `kerasformer-export` read it, all
 through `RunFolder`.
 
-    config.json            {"train": TrainConfig, "model": TransformerConfig, "backend": ...}
+    config.json            {"train": TrainConfig, "model": TransformerConfig, "backend": ...,
+                            "decoding": {"length_rule": [a, b]}}  (text_rules.length_limit)
     tokenizers/            source.model, target.model (+ .vocab listings)
     best.keras, last.keras best (lowest validation loss) and last model
     backup/                the resumable state (training/resume.py)
@@ -54,10 +55,19 @@ class RunFolder:
 
     # config.json
 
-    def write_config(self, train_config, model_config):
-        atomic_write(self.config_file, json.dumps(
-            {"train": train_config.to_dict(), "model": model_config.to_dict(), "backend": keras.backend.backend()},
-            indent=2).encode())
+    def write_config(self, train_config, model_config, length_rule=None):
+        values = {"train": train_config.to_dict(), "model": model_config.to_dict(), "backend": keras.backend.backend()}
+        if length_rule is not None:
+            values["decoding"] = {"length_rule": list(length_rule)}
+        atomic_write(self.config_file, json.dumps(values, indent=2).encode())
+
+    def length_rule(self):
+        """The run's `(a, b)` of `text_rules.length_limit`, or None (a run written before
+        the rule existed, or without config.json: decoding then stops at max_length)."""
+        if not os.path.exists(self.config_file):
+            return None
+        rule = self._read_json(self.config_file).get("decoding", {}).get("length_rule")
+        return tuple(rule) if rule else None
 
     def train_config(self):
         """The run's `TrainConfig`, as training resolved it (values only: settings that

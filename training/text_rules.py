@@ -47,3 +47,33 @@ def strip_end(tokens):
     length = ops.sum(ops.cast(ops.not_equal(tokens, PAD_ID), "int32"), axis=1)
     width = ops.max(ops.concatenate([length, ops.zeros((1,), "int32")], axis=0))
     return tokens[:, :width], length
+
+
+def length_limit(source_lengths, rule, max_length):
+    """Each row's most target tokens ([END] included) under the run's length rule
+    `(a, b)`: `ceil(a * source_length + b)`, within [1, max_length] (fairseq's max_len_a /
+    max_len_b, Marian's max-length-factor), so a looping model stops near its source's length
+    and a three-word request never costs `max_length` steps. `rule` None: `max_length` for
+    every row. `source_lengths`: int `(batch,)`, the source ids without padding."""
+    source_lengths = ops.convert_to_tensor(source_lengths)
+    if rule is None:
+        return ops.full(ops.shape(source_lengths), max_length, "int32")
+    a, b = (ops.cast(x, "float32") for x in rule)  # numbers, or the export's variables
+    limit = ops.ceil(a * ops.cast(source_lengths, "float32") + b)
+    return ops.cast(ops.clip(limit, 1, max_length), "int32")
+
+
+def fit_length_rule(source_lengths, target_lengths, coverage=0.999):
+    """`(a, b)` of `length_limit` from the training pairs' lengths (source ids; target ids
+    with [END]): `a` the 99th percentile of target/source over sources of 10 ids and more
+    (where the ratio is stable), `b` the smallest whole number of ids with which `coverage` of
+    the pairs fit. Stored with the run (config.json, "decoding")."""
+    import numpy as np
+
+    source = np.asarray(source_lengths, "float64")
+    target = np.asarray(target_lengths, "float64")
+    long_enough = source >= 10
+    ratios = target[long_enough] / source[long_enough] if long_enough.any() else target / np.maximum(source, 1)
+    a = round(float(np.quantile(ratios, 0.99)), 3)
+    b = float(max(1.0, np.ceil(np.quantile(target - a * source, coverage))))
+    return a, b

@@ -29,6 +29,7 @@ import sys
 import time
 
 import keras
+import numpy as np
 
 from kerasformer.training.callbacks import AtomicCheckpoint, Throughput, TimeBudget, TrainingProgress
 from kerasformer.training.cli import configure
@@ -39,10 +40,11 @@ from kerasformer.training.files import WriteError
 from kerasformer.training.loss import MaskedAccuracy, MaskedLabelSmoothedCrossEntropy, Perplexity
 from kerasformer.training.pipeline import epoch_size, make_dataset
 from kerasformer.training.resume import NonFiniteLossError, TrainingState, load_progress, restore
-from kerasformer.training.schedule import paper_optimizer
+from kerasformer.training.schedule import BudgetLearningRate, TransformerSchedule, paper_optimizer, paper_peak
 from kerasformer.training.progress import Progress
 from kerasformer.training.plots import plot_curves
 from kerasformer.training.run_folder import RunFolder
+from kerasformer.training.text_rules import fit_length_rule
 from kerasformer.training.tokenizers import save_tokenizer, train_sentencepiece
 
 log = logging.getLogger("kerasformer.train")
@@ -76,7 +78,13 @@ def compile_model(config: TrainConfig, model_config):
     from kerasformer import build_seq2seq
 
     model = build_seq2seq(model_config, dtype=config.precision)
-    optimizer = paper_optimizer(model_config.d_model, config.warmup_steps,
+    if config.schedule == "budget":
+        learning_rate = 0.0  # a variable, set each step by schedule.BudgetLearningRate
+    else:
+        scale = config.peak_learning_rate / paper_peak(model_config.d_model, config.warmup_steps) \
+            if config.peak_learning_rate else 1.0
+        learning_rate = TransformerSchedule(model_config.d_model, config.warmup_steps, scale)
+    optimizer = paper_optimizer(model_config.d_model, config.warmup_steps, learning_rate=learning_rate,
                                 global_clipnorm=config.clip_norm or None)
     if config.precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(
@@ -106,11 +114,16 @@ def train(config: TrainConfig, callbacks=()):
         print(f"{run.path}: finished after {progress.epoch} epochs; nothing to do "
               f"(raise epochs above {progress.finished} to train on, or use a new run_dir)")
         return run.metrics()
+    if config.time_budget_minutes and progress.seconds >= config.time_budget_minutes * 60:
+        print(f"{run.path}: its time budget of {config.time_budget_minutes:g} minutes is spent "
+              f"({progress.step} steps); nothing to do (raise time_budget_minutes to train on)")
+        return run.metrics()
 
     train_pairs, validation_pairs = read_pairs(config)
     source_tokenizer, target_tokenizer = prepare_tokenizers(run, config, train_pairs)
     model_config = config.model_config(source_tokenizer.vocabulary_size(), target_tokenizer.vocabulary_size())
-    run.write_config(config, model_config)
+    run.write_config(config, model_config, measure_length_rule(train_pairs, source_tokenizer, target_tokenizer,
+                                                               model_config))
 
     devices_scope, replicas = data_parallel(config.distribution)  # one device, or all of them
 
@@ -130,16 +143,15 @@ def train(config: TrainConfig, callbacks=()):
 
     state = TrainingState(run.backup, progress, steps_per_epoch, config.backup_every_steps)
     throughput = Throughput()
-    budget = TimeBudget(config.time_budget_minutes) if config.time_budget_minutes else None
+    budget = TimeBudget(config.time_budget_minutes, progress) if config.time_budget_minutes else None
+    rates_before = len(progress.learning_rates)
     run_callbacks = [
         state,  # first: it refuses non-finite weights before anything saves them
-        AtomicCheckpoint(run.model_file("best"), monitor="val_loss", best=progress.best),
-        AtomicCheckpoint(run.model_file("last")),
-        keras.callbacks.TensorBoard(run.logs),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience),
+        *checkpoints_and_logs(run, config, progress),
         throughput,
         TrainingProgress(config.epochs, steps_per_epoch, tokens_per_epoch / max(steps_per_epoch, 1)),
         *([budget] if budget else []),
+        *learning_rate_schedule(config, model_config, progress, budget),
         *callbacks,
     ]
     start_epoch = progress.epoch
@@ -155,8 +167,53 @@ def train(config: TrainConfig, callbacks=()):
     if not stopped_by_budget:
         state.finish(config.epochs)
 
-    tokens_trained = tokens_per_epoch * throughput.steps / max(steps_per_epoch, 1)
-    metrics = {
+    metrics = summary(progress, start_epoch, stopped_by_budget, throughput, tokens_per_epoch / max(steps_per_epoch, 1),
+                      time.monotonic() - started, model, replicas)
+    run.write_metrics(metrics)
+    rates = learning_rates(config, model_config, progress)
+    write_learning_rates(run.logs, progress.learning_rates[rates_before:] if config.schedule == "budget" else rates)
+    if progress.history.get("loss"):
+        plot_curves(progress.history, run.curves, rates)
+    return metrics
+
+
+def learning_rate_schedule(config, model_config, progress, budget):
+    """The budget schedule's callback (none for the paper's: the optimizer computes it)."""
+    if config.schedule != "budget":
+        return []
+    peak = config.peak_learning_rate or paper_peak(model_config.d_model, config.warmup_steps)
+    return [BudgetLearningRate(peak, config.warmup_steps, step=lambda: progress.step, clock=budget.fraction,
+                               rates=progress.learning_rates)]
+
+
+def learning_rates(config, model_config, progress):
+    """`[step, rate]` of the rate actually used, from step 0 to the last step: the budget
+    schedule's recorded points, or the paper's schedule (a function of the step)."""
+    if config.schedule == "budget":
+        return progress.learning_rates + ([[progress.step, progress.learning_rates[-1][1]]]
+                                          if progress.learning_rates else [])
+    peak = config.peak_learning_rate or paper_peak(model_config.d_model, config.warmup_steps)
+    schedule = TransformerSchedule(model_config.d_model, config.warmup_steps,
+                                   peak / paper_peak(model_config.d_model, config.warmup_steps))
+    steps = sorted(set(np.linspace(0, max(progress.step - 1, 0), 200).astype(int).tolist()))
+    return [[step, float(schedule(step))] for step in steps]
+
+
+def write_learning_rates(folder, points):
+    """The rate per step to TensorBoard (`logs/learning_rate`, scalar `learning_rate`)."""
+    import tensorflow as tf
+
+    writer = tf.summary.create_file_writer(os.path.join(folder, "learning_rate"))
+    with writer.as_default():
+        for step, rate in points:
+            tf.summary.scalar("learning_rate", rate, step=step)
+    writer.close()
+
+
+def summary(progress, start_epoch, stopped_by_budget, throughput, tokens_per_step, wall_seconds, model, replicas):
+    """The metrics.json of a run: history, steps, tokens/s, time."""
+    tokens_trained = tokens_per_step * throughput.steps
+    return {
         "history": progress.history,
         "epochs_run": progress.epoch - start_epoch,  # by this command; history holds all
         "epochs_total": progress.epoch,
@@ -165,15 +222,32 @@ def train(config: TrainConfig, callbacks=()):
         "total_steps": progress.step,
         "train_seconds": round(throughput.seconds, 1),
         "train_tokens_per_second": round(tokens_trained / throughput.seconds, 1) if throughput.seconds else None,
-        "wall_seconds": round(time.monotonic() - started, 1),
+        "wall_seconds": round(wall_seconds, 1),
         "parameters": model.count_params(),
         "devices": replicas,
         "backend": keras.backend.backend(),
     }
-    run.write_metrics(metrics)
-    if progress.history.get("loss"):
-        plot_curves(progress.history, run.curves)
-    return metrics
+
+
+def checkpoints_and_logs(run, config, progress):
+    """best.keras (lowest val_loss, continuing from the resumed run's best), last.keras,
+    TensorBoard logs, and early stopping."""
+    return [
+        AtomicCheckpoint(run.model_file("best"), monitor="val_loss", best=progress.best),
+        AtomicCheckpoint(run.model_file("last")),
+        keras.callbacks.TensorBoard(run.logs),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience),
+    ]
+
+
+def measure_length_rule(pairs, source_tokenizer, target_tokenizer, model_config):
+    """The run's decoding length rule (`text_rules.fit_length_rule`) from the training pairs'
+    lengths in ids, as the model sees them (source truncated; target with [END])."""
+    source = [min(len(ids), model_config.max_source_length) for ids in source_tokenizer(pairs.sources)]
+    target = [min(len(ids) + 1, model_config.max_target_length) for ids in target_tokenizer(pairs.targets)]
+    rule = fit_length_rule(source, target)
+    log.info("decoding length rule: at most ceil(%.3f * source ids + %g) target ids", *rule)
+    return rule
 
 
 def read_pairs(config):

@@ -14,12 +14,12 @@ from keras import ops
 from kerasformer.decoding import beam_search, greedy_decode
 from kerasformer.masks import padding_mask
 from kerasformer.training.run_folder import RunFolder
-from kerasformer.training.text_rules import strip_end, truncate_source
+from kerasformer.training.text_rules import length_limit, strip_end, truncate_source
 from kerasformer.training.tokenizers import END_ID, START_ID
 
 
 def compile_for_backend(function, jit_compile=True):
-    """`function(encoder_tokens)` compiled for the current backend when possible.
+    """`function(encoder_tokens, limits)` compiled for the current backend when possible.
 
     TensorFlow: `tf.function` (the while loop becomes a graph loop), compiled
     with XLA when `jit_compile`: on CPU the cached loop then runs several times
@@ -42,9 +42,9 @@ def compile_for_backend(function, jit_compile=True):
     if backend == "torch":
         import torch
 
-        def no_grad(encoder_tokens):
+        def no_grad(*args):
             with torch.no_grad():
-                return function(encoder_tokens)
+                return function(*args)
 
         return no_grad
     return function
@@ -56,7 +56,10 @@ class Translator:
     Args:
         model: a `build_seq2seq` model.
         source_tokenizer, target_tokenizer: the run's keras-hub tokenizers.
-        max_length: most target tokens per translation ([END] included).
+        max_length: most target tokens per translation ([END] included); None: the
+            decoder's max_length.
+        length_rule: `(a, b)`: each sentence also stops at ceil(a * source ids + b) target
+            ids (`text_rules.length_limit`; `from_run` takes the run's). None: no such limit.
         batch_size: sentences decoded together.
         beam_size: 1 decodes greedily; more runs `kerasformer.decoding.beam_search`
             (the paper: 4).
@@ -64,7 +67,7 @@ class Translator:
     """
 
     def __init__(self, model, source_tokenizer, target_tokenizer, max_length=None, batch_size=64,
-                 beam_size=1, alpha=0.6):
+                 beam_size=1, alpha=0.6, length_rule=None):
         self.model = model
         self.source_tokenizer = source_tokenizer
         self.target_tokenizer = target_tokenizer
@@ -72,19 +75,32 @@ class Translator:
         self.max_length = max_length or model.get_layer("decoder").max_length
         self.batch_size = batch_size
         self.beam_size, self.alpha = beam_size, alpha
+        self.length_rule = length_rule
         if beam_size == 1:
-            search = lambda tokens: greedy_decode(model, tokens, START_ID, END_ID, self.max_length)  # noqa: E731
+            search = lambda tokens, limits: greedy_decode(  # noqa: E731
+                model, tokens, START_ID, END_ID, self.max_length, limits=limits)
         else:
-            search = lambda tokens: beam_search(  # noqa: E731
-                model, tokens, START_ID, END_ID, self.max_length, beam_size, alpha
+            search = lambda tokens, limits: beam_search(  # noqa: E731
+                model, tokens, START_ID, END_ID, self.max_length, beam_size, alpha, limits=limits
             )[0]
         self._decode = compile_for_backend(search)
+
+    def with_search(self, beam_size, alpha=0.6):
+        """The same model, tokenizers and limits, decoding with another search."""
+        return Translator(self.model, self.source_tokenizer, self.target_tokenizer, self.max_length, self.batch_size,
+                          beam_size, alpha, self.length_rule)
+
+    def limits(self, source_ids):
+        """Each row's most target ids ([END] included): the length rule, within max_length."""
+        lengths = np.array([len(ids) for ids in source_ids], "int32")
+        return ops.convert_to_numpy(length_limit(lengths, self.length_rule, self.max_length))
 
     @classmethod
     def from_run(cls, run_dir, checkpoint="best", **kwargs):
         """Loads `RUN_DIR/{checkpoint}.keras` and the run's tokenizers (`RunFolder`)."""
         run = RunFolder(run_dir)
         run.finished_files(checkpoint)  # names the first missing file before anything loads
+        kwargs.setdefault("length_rule", run.length_rule())
         return cls(run.load_model(checkpoint), *run.load_tokenizers(), **kwargs)
 
     def encode(self, texts):
@@ -103,7 +119,8 @@ class Translator:
             batch = np.zeros((len(rows), min(width, self.max_source_length)), "int32")
             for row, i in enumerate(rows):
                 batch[row, : len(source_ids[i])] = source_ids[i]
-            tokens, length = (ops.convert_to_numpy(x) for x in strip_end(self._decode(batch)))
+            limits = self.limits([source_ids[i] for i in rows])
+            tokens, length = (ops.convert_to_numpy(x) for x in strip_end(self._decode(batch, limits)))
             for row, i in enumerate(rows):
                 results[i] = [int(t) for t in tokens[row, : length[row]]]
             if progress is not None:
@@ -137,7 +154,7 @@ class Translator:
         """
         source_ids = self.encode([text])[0]
         target_ids = self.translate_tokens([source_ids])[0]
-        if len(target_ids) < self.max_length:  # the [END] that translate_tokens strips
+        if len(target_ids) < self.limits([source_ids])[0]:  # the [END] that translate_tokens strips
             target_ids.append(END_ID)
         encoder_tokens = np.array([source_ids], "int32")
         decoder_tokens = np.array([[START_ID] + target_ids[:-1]], "int32")

@@ -89,7 +89,9 @@ LABEL_PARAMETER = {
 
 
 def _model_operations(which):
-    """The operations on `/v1/models/{name}`, `.../versions/{version}` or `.../labels/{label}`."""
+    """The operations on `/v1/models/{name}`, `.../versions/{version}` or `.../labels/{label}`.
+
+    Long on purpose: a declaration (the OpenAPI operations of one path), not logic."""
     parameters = [MODEL_NAME_PARAMETER] + {"latest": [], "version": [VERSION_PARAMETER],
                                            "label": [LABEL_PARAMETER]}[which]
     whose = {"latest": "the newest available version", "version": "the given version",

@@ -134,7 +134,10 @@ def _strtod_normal_precision(d, p):
 
 
 def _parse_number(data, pos, end):
-    """GenericReader::ParseNumber with kParseNanAndInfFlag: (value, end position) or ParseError."""
+    """GenericReader::ParseNumber with kParseNanAndInfFlag: (value, end position) or ParseError.
+
+    Long on purpose: it follows reader.h's ParseNumber branch for branch, in its order, so the
+    two can be read side by side (the error offsets and the int/uint/double choice depend on it)."""
     start = pos
 
     def peek(at):
@@ -338,7 +341,9 @@ def _parse_scalar(data, pos, end):
 
 
 def _parse_exactly(data, start):
-    """GenericReader::IterativeParse with kParseStopWhenDoneFlag, ported state for state."""
+    """GenericReader::IterativeParse with kParseStopWhenDoneFlag, ported state for state.
+
+    Long on purpose: one state machine, kept in reader.h's order for side-by-side reading."""
     nul = data.find(b"\0", start)
     end = len(data) if nul < 0 else nul
 
