@@ -102,7 +102,7 @@ def test_every_flag_has_help_with_its_default(command):
 def test_help_shows_the_real_defaults():
     entries = help_entries(config.make_parser())
     assert "(default: 30)" in entries["--epochs"] and "(default: 'small')" in entries["--preset"]
-    assert "--jit-compile, --no-jit-compile" in entries["--jit-compile"] and "(default: False)" in entries["--jit-compile"]
+    assert "--jit-compile, --no-jit-compile" in entries["--jit-compile"] and "(default: auto)" in entries["--jit-compile"]
     entries = help_entries(exporter.make_parser())
     assert f"(default: {exporter.BEAM_SIZE})" in entries["--beam-size"]
     assert "(default: the next free one)" in entries["--model-version"]
@@ -140,7 +140,8 @@ def test_booleans_take_flag_and_no_flag(tmp_path, capsys):
     assert config.parse_args(["--jit-compile", "--no-jit-compile"]).jit_compile is False
     assert config.parse_args(["--config", str(path)]).skip_malformed is True
     assert config.parse_args(["--config", str(path), "--no-skip-malformed"]).skip_malformed is False
-    assert config.parse_args([]).jit_compile is False
+    assert config.parse_args([]).jit_compile == "auto"
+    assert config.parse_args([]).compiled is (keras.backend.backend() == "jax")  # auto: compiled under JAX only
     assert capsys.readouterr().err == ""
     assert exporter.make_parser().parse_args(["run", "--no-warmup"]).warmup is False
     assert exporter.make_parser().parse_args(["run"]).warmup is True

@@ -1,5 +1,7 @@
 import unicodedata
 
+import pytest
+
 from kerasformer.training.tokenizers import END_ID, PAD_ID, START_ID, UNK_ID, load_tokenizer, save_tokenizer, train_sentencepiece
 
 CHINESE = ["我爱你。", "你好吗？", "我很好，谢谢。", "他是学生。", "我们是朋友。", "今天天气很好。"] * 5
@@ -49,6 +51,7 @@ def corpus_sentences(split, column):
         return [line.rstrip("\n").split("\t")[column] for line in file]
 
 
+@pytest.mark.backend_independent  # tensorflow-text ops under every backend
 def test_no_character_of_the_corpus_is_lost():
     """Every character of the embedded corpus's Spanish side, the rare ones included (¡ ¿ — ’ é ñ
     ü, and Ú, Ñ, É, seen once to three times), survives tokenize -> detokenize: no [UNK]."""
@@ -61,6 +64,7 @@ def test_no_character_of_the_corpus_is_lost():
     assert tokenizer.detokenize(ids) == rare
 
 
+@pytest.mark.backend_independent
 def test_characters_never_seen_in_training_come_back_as_bytes():
     tokenizer = load_tokenizer(train_sentencepiece(corpus_sentences("train", 1)[:5000], 1000))
     unseen = ["今天吃什么好", "Ærø — «naïve» ß €5 😀"]  # (NFKC-stable: SentencePiece normalizes ½ to 1⁄2)

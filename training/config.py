@@ -15,6 +15,8 @@ import math
 import os
 import tomllib
 
+import keras
+
 
 from kerasformer.config import PRESETS, TransformerConfig
 from kerasformer.training.cli import BooleanFlag, command_line
@@ -55,7 +57,9 @@ class TrainConfig:
     # mixed_float16 only: dynamic loss scaling starts here and doubles after this many finite steps.
     initial_loss_scale: float = 32768.0
     loss_scale_growth_steps: int = 2000
-    jit_compile: bool = False
+    # True, False, or "auto": compiled under JAX (op by op it is several times slower), not
+    # under TensorFlow and torch (XLA / torch.compile cost more than they give at these sizes).
+    jit_compile: object = "auto"
     # "data_parallel": every GPU of the host shares each batch (see training/distribute.py).
     distribution: str = "none"
     seed: int = 0
@@ -82,6 +86,9 @@ class TrainConfig:
             raise ValueError(f"precision={self.precision!r} must be one of {PRECISIONS}")
         if self.distribution not in DISTRIBUTIONS:  # whether this machine can run it: checked where training starts
             raise ValueError(f"distribution={self.distribution!r} must be one of {DISTRIBUTIONS}")
+        if self.jit_compile not in (True, False, "auto") or isinstance(self.jit_compile, int) and \
+                not isinstance(self.jit_compile, bool):
+            raise ValueError(f"jit_compile={self.jit_compile!r} must be true, false or \"auto\"")
         if self.learning_rate_schedule not in SCHEDULES:
             raise ValueError(f"learning_rate_schedule={self.learning_rate_schedule!r} must be one of {SCHEDULES}")
         if self.learning_rate_schedule == "budget" and not self.time_budget_minutes:
@@ -97,6 +104,13 @@ class TrainConfig:
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing={self.label_smoothing!r} must be in [0, 1)")
         self.model_config(8000, 8000)  # refuse bad model overrides before any work
+
+    @property
+    def compiled(self):
+        """Whether the training step is compiled on this backend (`jit_compile` resolved)."""
+        if self.jit_compile == "auto":
+            return keras.backend.backend() == "jax"
+        return self.jit_compile
 
     @property
     def schedule(self):
@@ -170,7 +184,8 @@ HELP = {
     "precision": f"one of {', '.join(PRECISIONS)}",
     "initial_loss_scale": "mixed_float16: the dynamic loss scale to start from",
     "loss_scale_growth_steps": "mixed_float16: double the loss scale after this many finite steps",
-    "jit_compile": "compile the training step: XLA under TensorFlow, jax.jit under JAX, torch.compile under torch",
+    "jit_compile": "compile the training step: XLA under TensorFlow, jax.jit under JAX, torch.compile under torch "
+                   "('auto': under JAX only)",
     "distribution": "none, or data_parallel (every GPU of the host shares each batch)",
     "seed": "seed of the weights, dropout and the data order",
 }
@@ -204,7 +219,7 @@ def make_parser(prog="kerasformer-train", description=None):
         default = field.default_factory() if field.default is dataclasses.MISSING else field.default
         shown = json.dumps(default) if field.type is dict else repr(default) if field.type is str else default
         text = f"{HELP[field.name]} (default: {shown})"
-        if field.type is bool:
+        if field.type is bool or field.name == "jit_compile":
             settings.add_argument(flag, action=BooleanFlag, help=text)
         elif field.type is dict:
             settings.add_argument(flag, type=parse_json_object, metavar="JSON", help=text)

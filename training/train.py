@@ -93,7 +93,7 @@ def compile_model(config: TrainConfig, model_config):
         optimizer=optimizer,
         loss=MaskedLabelSmoothedCrossEntropy(config.label_smoothing),
         metrics=[MaskedAccuracy(), Perplexity()],
-        jit_compile=config.jit_compile,
+        jit_compile=config.compiled,
     )
     return model
 
@@ -105,18 +105,12 @@ def train(config: TrainConfig, callbacks=()):
     started = time.monotonic()
     # Settings that depend on this machine and backend are checked here, where training
     # starts, not where a config is read (a JAX data-parallel run evaluates under torch).
-    check_distribution(config.distribution, keras.backend.backend(), config.jit_compile)
+    check_distribution(config.distribution, keras.backend.backend(), config.compiled)
     run = RunFolder(config.run_dir)
     os.makedirs(run.path, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     progress = load_progress(run.backup)
-    if progress.finished and progress.finished >= config.epochs:
-        print(f"{run.path}: finished after {progress.epoch} epochs; nothing to do "
-              f"(raise epochs above {progress.finished} to train on, or use a new run_dir)")
-        return run.metrics()
-    if config.time_budget_minutes and progress.seconds >= config.time_budget_minutes * 60:
-        print(f"{run.path}: its time budget of {config.time_budget_minutes:g} minutes is spent "
-              f"({progress.step} steps); nothing to do (raise time_budget_minutes to train on)")
+    if nothing_left(run, config, progress):
         return run.metrics()
 
     train_pairs, validation_pairs = read_pairs(config)
@@ -210,6 +204,19 @@ def write_learning_rates(folder, points):
     writer.close()
 
 
+def nothing_left(run, config, progress):
+    """True (with a message) for a run that finished its epochs or spent its time budget."""
+    if progress.finished and progress.finished >= config.epochs:
+        print(f"{run.path}: finished after {progress.epoch} epochs; nothing to do "
+              f"(raise epochs above {progress.finished} to train on, or use a new run_dir)")
+        return True
+    if config.time_budget_minutes and progress.seconds >= config.time_budget_minutes * 60:
+        print(f"{run.path}: its time budget of {config.time_budget_minutes:g} minutes is spent "
+              f"({progress.step} steps); nothing to do (raise time_budget_minutes to train on)")
+        return True
+    return False
+
+
 def summary(progress, start_epoch, stopped_by_budget, throughput, tokens_per_step, wall_seconds, model, replicas):
     """The metrics.json of a run: history, steps, tokens/s, time."""
     tokens_trained = tokens_per_step * throughput.steps
@@ -300,7 +307,7 @@ def main(argv=None):
     configure(args)
     try:
         config = config_from_args(args)
-        check_distribution(config.distribution, keras.backend.backend(), config.jit_compile)
+        check_distribution(config.distribution, keras.backend.backend(), config.compiled)
     except ValueError as error:  # a setting's value, not the command's syntax: no usage text
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     try:

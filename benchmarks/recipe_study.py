@@ -1,0 +1,199 @@
+"""A recipe study you can rerun: train a list of variants of the main job's config for one
+time budget on the embedded corpus, one after another, score each on the test books, and
+write one table.
+
+    python benchmarks/recipe_study.py [--minutes 12] [--variants paper,budget,vocab-2k,...]
+        [--out benchmarks/results/recipe_study] [--runs runs/study]
+    python benchmarks/recipe_study.py --curve 12,30,60,120 --variants chosen,paper
+        (more time, more quality: test BLEU against minutes, benchmarks/results/quality_curve.png)
+
+Each variant is `training/configs/small_en_es.toml` with a few settings changed (VARIANTS
+below), trained by `python -m kerasformer.training.train` with `--time-budget-minutes` and
+scored by `python -m kerasformer.training.evaluate --beam-size 1` (greedy), each in its own
+process, so every variant starts from the same state of the machine. Columns: test BLEU and
+chrF (sacreBLEU), the best validation loss, training steps, target tokens/s, the share of
+distinct hypotheses, and sacreBLEU's hypothesis/reference length ratio.
+
+A variant whose `eval/test.scores.json` exists in `--runs` is not trained again, so a study
+stopped midway resumes where it stopped (and a run stopped midway resumes its training: the
+budget's clock is kept with the run). Timings belong to the machine they ran on: the table
+names it and the date; compare only rows of one study.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE_CONFIG = os.path.join(ROOT, "training", "configs", "small_en_es.toml")
+
+# name -> (what it tests, flags over the base config). The base config is the chosen recipe.
+VARIANTS = {
+    "chosen": ("the main job's config as committed (pre-norm, no dropout, vocab 4000, 1024-token batches, "
+               "budget schedule, peak 0.0022)", []),
+    "paper": ("the paper's recipe: vocab 8000, 2048-token batches, post-norm, dropout 0.1, Noam schedule, warmup 300",
+              ["--vocabulary-size", "8000", "--batch-tokens", "2048", "--model", '{"norm_first": false, "dropout": 0.1}',
+               "--learning-rate-schedule", "paper", "--warmup-steps", "300", "--peak-learning-rate", "0"]),
+    "noam": ("the paper's schedule (inverse square root, the paper's peak) instead of the budget's",
+             ["--learning-rate-schedule", "paper", "--peak-learning-rate", "0"]),
+    "peak-paper": ("the paper's peak, 0.0044", ["--peak-learning-rate", "0"]),
+    "peak-x0.5": ("a quarter of the paper's peak, 0.0011", ["--peak-learning-rate", "0.0011"]),
+    "dropout-0.1": ("dropout 0.1 (the paper's)", ["--model", '{"norm_first": true, "dropout": 0.1}']),
+    "dropout-0.1-peak-paper": ("dropout 0.1 and the paper's peak", ["--model", '{"norm_first": true, "dropout": 0.1}',
+                                                                      "--peak-learning-rate", "0"]),
+    "post-norm": ("post-norm (the paper's placement)", ["--model", '{"norm_first": false, "dropout": 0.0}']),
+    "vocab-2k": ("vocabulary 2000 per side", ["--vocabulary-size", "2000"]),
+    "vocab-8k": ("vocabulary 8000 per side", ["--vocabulary-size", "8000"]),
+    "batch-2048": ("2048-token batches", ["--batch-tokens", "2048"]),
+    "batch-512": ("512-token batches", ["--batch-tokens", "512"]),
+    "wide": ("d_model 256, 2+2 layers (width against depth at equal time)",
+             ["--model", '{"norm_first": true, "dropout": 0.0, "d_model": 256, "d_ff": 1024, "num_layers": 2}']),
+    "deep": ("d_model 128, 6+6 layers", ["--model", '{"norm_first": true, "dropout": 0.0, "num_layers": 6}']),
+}
+
+
+def run(args, log, env):
+    with open(log, "a", encoding="utf-8") as file:
+        file.write(f"\n$ {' '.join(args)}\n")
+        file.flush()
+        result = subprocess.run(args, cwd=ROOT, stdout=file, stderr=subprocess.STDOUT, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed (exit {result.returncode}); see {log}")
+
+
+def study_variant(name, minutes, runs, backend):
+    """Trains and scores one variant (unless done)."""
+    run_dir = os.path.join(runs, name)
+    scores_file = os.path.join(run_dir, "eval", "test.scores.json")
+    log = os.path.join(runs, f"{name}.log")
+    os.makedirs(runs, exist_ok=True)
+    if not os.path.exists(scores_file):
+        env = {**os.environ, "KERAS_BACKEND": backend}
+        started = time.monotonic()
+        python = [sys.executable, "-m"]
+        run([*python, "kerasformer.training.train", "--config", BASE_CONFIG, "--run-dir", run_dir,
+             "--time-budget-minutes", str(minutes), "--log-level", "warning", *VARIANTS[name][1]], log, env)
+        run([*python, "kerasformer.training.evaluate", run_dir, "--split", "test", "--beam-size", "1",
+             "--examples", "0", "--log-level", "warning"], log, env)
+        print(f"{name}: {time.monotonic() - started:.0f} s", file=sys.stderr)
+
+
+def row(name, run_dir):
+    import sacrebleu
+
+    from kerasformer.training.corpus_reader import read_corpus
+    from kerasformer.training.run_folder import RunFolder
+
+    run = RunFolder(run_dir)
+    scores = json.load(open(run.eval_file("test.scores.json"), encoding="utf-8"))
+    metrics = run.metrics()
+    hypotheses = open(run.eval_file("test.hyp.txt"), encoding="utf-8").read().splitlines()
+    references = read_corpus(scores["file"]).targets
+    bleu = sacrebleu.metrics.BLEU().corpus_score(hypotheses, [references])
+    return {
+        "variant": name,
+        "what": VARIANTS[name][0],
+        "bleu": scores["bleu"],
+        "chrf": scores["chrf"],
+        "val_loss": round(min(metrics["history"].get("val_loss", [float("nan")])), 3),
+        "steps": metrics["total_steps"],
+        "tokens_per_second": metrics["train_tokens_per_second"],
+        "distinct": round(len(set(hypotheses)) / max(len(hypotheses), 1), 3),
+        "length_ratio": round(bleu.sys_len / max(bleu.ref_len, 1), 3),
+    }
+
+
+def machine():
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    return f"{os.cpu_count()} CPU ({cpu}), Python {platform.python_version()}"
+
+
+def write_table(rows, minutes, backend, out):
+    header = ["variant", "bleu", "chrf", "val_loss", "steps", "tokens_per_second", "distinct", "length_ratio", "what"]
+    lines = [
+        f"# Recipe study: {minutes:g} minutes of training per variant",
+        "",
+        f"- {datetime.date.today().isoformat()}, {machine()}, KERAS_BACKEND={backend}",
+        "- test books of the embedded corpus, greedy decoding with the run's length rule; BLEU and chrF by sacreBLEU",
+        "- `python benchmarks/recipe_study.py --minutes {:g}`; each row: training/configs/small_en_es.toml plus the "
+        "variant's flags (benchmarks/recipe_study.py VARIANTS)".format(minutes),
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for r in rows:
+        lines.append("| " + " | ".join(str(r[key]) for key in header) + " |")
+    with open(out + ".md", "w", encoding="utf-8") as file:
+        file.write("\n".join(lines) + "\n")
+    with open(out + ".json", "w", encoding="utf-8") as file:
+        json.dump({"minutes": minutes, "backend": backend, "machine": machine(), "rows": rows}, file, indent=2)
+    print("\n".join(lines))
+
+
+def plot_curve(minutes_list, names, runs_root, out):
+    """Test BLEU against training minutes, one line per variant, from the scored runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    points = {}
+    for name in names:
+        xs, ys = [], []
+        for minutes in minutes_list:
+            run_dir = os.path.join(runs_root, f"{minutes:g}min", name)
+            if os.path.exists(os.path.join(run_dir, "eval", "test.scores.json")):
+                xs.append(minutes)
+                ys.append(row(name, run_dir)["bleu"])
+        points[name] = list(zip(xs, ys))
+        axis.plot(xs, ys, marker="o", label=f"{name}: {VARIANTS[name][0][:50]}")
+    axis.set_xlabel("training minutes (2-core CPU)")
+    axis.set_ylabel("test BLEU (greedy)")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out + ".png", dpi=110)
+    with open(out + ".json", "w", encoding="utf-8") as file:
+        json.dump({"machine": machine(), "date": datetime.date.today().isoformat(), "points": points}, file, indent=2)
+    print(json.dumps(points))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=12, help="training budget per variant")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--runs", default=os.path.join(ROOT, "runs", "study"), help="run folders (one per variant)")
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "recipe_study"),
+                        help="table path without suffix (.md and .json)")
+    parser.add_argument("--backend", default=os.environ.get("KERAS_BACKEND", "tensorflow"))
+    parser.add_argument("--curve", metavar="MINUTES,...",
+                        help="train the variants for each of these budgets and plot BLEU against minutes")
+    args = parser.parse_args(argv)
+    names = [n for n in args.variants.split(",") if n]
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+    if args.curve:
+        budgets = [float(m) for m in args.curve.split(",")]
+        for minutes in budgets:
+            for name in names:
+                study_variant(name, minutes, os.path.join(args.runs, f"{minutes:g}min"), args.backend)
+        plot_curve(budgets, names, args.runs, os.path.join(os.path.dirname(args.out), "quality_curve"))
+        return
+    runs = os.path.join(args.runs, f"{args.minutes:g}min")
+    for name in names:
+        study_variant(name, args.minutes, runs, args.backend)
+    # The table holds every variant of this budget scored so far, in VARIANTS' order.
+    done = [name for name in VARIANTS if os.path.exists(os.path.join(runs, name, "eval", "test.scores.json"))]
+    write_table([row(name, os.path.join(runs, name)) for name in done], args.minutes, args.backend, args.out)
+
+
+if __name__ == "__main__":
+    main()
