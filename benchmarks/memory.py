@@ -66,7 +66,7 @@ def training_child(preset_name, batch, length, vocab_size, steps):
     model = build_seq2seq(config)
     model.compile(optimizer=paper_optimizer(config.d_model, train_config.warmup_steps),
                   loss=MaskedLabelSmoothedCrossEntropy(train_config.label_smoothing),
-                  metrics=[MaskedAccuracy(), Perplexity()], jit_compile=train_config.jit_compile)
+                  metrics=[MaskedAccuracy(), Perplexity()], jit_compile=train_config.compiled)
     record["after_build"] = memory_mb()
     record["parameters"] = model.count_params()
     record["jit_compile"] = bool(model.jit_compile)

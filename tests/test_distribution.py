@@ -114,7 +114,7 @@ def test_data_parallel_is_accepted_where_keras_can_run_it(tmp_path):
 
     def starts(**settings):
         config = TrainConfig(preset="tiny", run_dir=str(tmp_path / "run"), **settings)
-        check_distribution(config.distribution, backend, config.jit_compile)
+        check_distribution(config.distribution, backend, config.compiled)
         return config
 
     if backend == "torch":
