@@ -98,8 +98,7 @@ class Translator:
     @classmethod
     def from_run(cls, run_dir, checkpoint="best", **kwargs):
         """Loads `RUN_DIR/{checkpoint}.keras` and the run's tokenizers (`RunFolder`)."""
-        run = RunFolder(run_dir)
-        run.finished_files(checkpoint)  # names the first missing file before anything loads
+        run = RunFolder(run_dir)  # load_model first names any missing file of the three
         kwargs.setdefault("length_rule", run.length_rule())
         return cls(run.load_model(checkpoint), *run.load_tokenizers(), **kwargs)
 
