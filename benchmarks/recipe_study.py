@@ -47,6 +47,8 @@ VARIANTS = {
     "dropout-0.1-peak-paper": ("dropout 0.1 and the paper's peak", ["--model", '{"norm_first": true, "dropout": 0.1}',
                                                                       "--peak-learning-rate", "0"]),
     "post-norm": ("post-norm (the paper's placement)", ["--model", '{"norm_first": false, "dropout": 0.0}']),
+    "shared-vocab": ("one vocabulary of 8000 for both languages; source, target and output embeddings "
+                     "tied (the paper's section 3.4)", ["--shared-vocabulary", "--vocabulary-size", "8000"]),
     "vocab-2k": ("vocabulary 2000 per side", ["--vocabulary-size", "2000"]),
     "vocab-8k": ("vocabulary 8000 per side", ["--vocabulary-size", "8000"]),
     "batch-2048": ("2048-token batches", ["--batch-tokens", "2048"]),

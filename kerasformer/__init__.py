@@ -11,7 +11,7 @@ from kerasformer.embedding import PositionalEmbedding, positional_encoding
 from kerasformer.encoder import Encoder, EncoderBlock
 from kerasformer.feed_forward import FeedForward
 from kerasformer.masks import causal_mask, padding_mask
-from kerasformer.model import build_seq2seq
+from kerasformer.model import Seq2Seq, build_seq2seq
 
 __version__ = "0.1.0"  # the one place the version is written; pyproject.toml reads it
 
@@ -26,6 +26,7 @@ __all__ = [
     "PRESETS",
     "PositionalEmbedding",
     "TransformerConfig",
+    "Seq2Seq",
     "build_seq2seq",
     "causal_mask",
     "padding_mask",

@@ -28,6 +28,10 @@ class TransformerConfig:
             True is pre-norm x + Sublayer(LayerNorm(x)) with a final LayerNorm.
         tie_embeddings: share the target embedding matrix with the pre-softmax
             linear transformation (paper, section 3.4).
+        share_embeddings: one token embedding matrix for the source and the target
+            (one vocabulary shared by both languages; with `tie_embeddings` the
+            output projection is that matrix too, the paper's section 3.4 and
+            Press & Wolf 2017). Needs source_vocab_size == target_vocab_size.
         fused: the same model computed faster: the attention projections that
             read one input as one matmul, and every position-wise matmul on the
             2-D view `(batch * length, d_model)` (`MultiHeadAttention.fused_project`,
@@ -48,6 +52,7 @@ class TransformerConfig:
     positional: str = "sinusoidal"
     norm_first: bool = False
     tie_embeddings: bool = True
+    share_embeddings: bool = False
     fused: bool = True
 
     def __post_init__(self):
@@ -64,9 +69,14 @@ class TransformerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
-        for name in ("norm_first", "tie_embeddings", "fused"):
+        for name in ("norm_first", "tie_embeddings", "share_embeddings", "fused"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be true or false")
+        if self.share_embeddings and self.source_vocab_size != self.target_vocab_size:
+            raise ValueError(
+                f"share_embeddings needs one vocabulary: source_vocab_size={self.source_vocab_size} "
+                f"!= target_vocab_size={self.target_vocab_size}"
+            )
         if self.d_model % self.num_heads:
             raise ValueError(
                 f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}"

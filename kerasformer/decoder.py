@@ -150,6 +150,8 @@ class Decoder(keras.layers.Layer):
         vocab_size, num_layers, d_model, num_heads, d_ff, dropout, max_length,
         positional, norm_first, tie_embeddings, fused: as in `TransformerConfig`
         (target side).
+        token_embedding: a `keras.layers.Embedding` shared with the encoder
+            (`TransformerConfig.share_embeddings`); None: the decoder's own.
 
     Call arguments:
         token_ids: int `(batch, target_length)`, 0 = padding; `[START]` first.
@@ -165,7 +167,7 @@ class Decoder(keras.layers.Layer):
     def __init__(
         self, vocab_size, num_layers, d_model, num_heads, d_ff, dropout=0.0,
         max_length=512, positional="sinusoidal", norm_first=False, tie_embeddings=True,
-        fused=True, **kwargs,
+        fused=True, token_embedding=None, **kwargs,
     ):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
@@ -179,12 +181,13 @@ class Decoder(keras.layers.Layer):
         self.norm_first = norm_first
         self.tie_embeddings = tie_embeddings
         self.fused = fused
+        self.token_embedding = token_embedding
 
     def build(self, token_ids_shape, encoder_output_shape=None):
         policy = self.dtype_policy
         self.embedding = PositionalEmbedding(
             self.vocab_size, self.d_model, self.max_length, self.positional, self.dropout,
-            name="embedding", dtype=policy,
+            token_embedding=self.token_embedding, name="embedding", dtype=policy,
         )
         self.embedding.build(token_ids_shape)
         x_shape = tuple(token_ids_shape) + (self.d_model,)

@@ -56,6 +56,10 @@ class PositionalEmbedding(keras.layers.Layer):
         positional: "sinusoidal" (the paper) or "learned" (section 3.5 notes that
             learned positions performed nearly identically).
         dropout: dropout rate on the sum.
+        token_embedding: a `keras.layers.Embedding` owned elsewhere and shared (the
+            encoder's and decoder's, one vocabulary for both languages); None creates
+            one. Not part of `get_config`: the model that shares it (`Seq2Seq`) builds
+            the sharing again when it is loaded.
 
     Call arguments:
         token_ids: int `(batch, length)`.
@@ -70,7 +74,10 @@ class PositionalEmbedding(keras.layers.Layer):
         (1, 3, 16)
     """
 
-    def __init__(self, vocab_size, d_model, max_length, positional="sinusoidal", dropout=0.0, **kwargs):
+    def __init__(
+        self, vocab_size, d_model, max_length, positional="sinusoidal", dropout=0.0, token_embedding=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if positional not in ("sinusoidal", "learned"):
             raise ValueError(f"positional={positional!r} must be 'sinusoidal' or 'learned'")
@@ -81,13 +88,21 @@ class PositionalEmbedding(keras.layers.Layer):
         self.max_length = max_length
         self.positional = positional
         self.dropout = dropout
+        if token_embedding is not None and (token_embedding.input_dim, token_embedding.output_dim) != (vocab_size, d_model):
+            raise ValueError(
+                f"the shared token embedding is ({token_embedding.input_dim}, {token_embedding.output_dim}), "
+                f"this layer's (vocab_size, d_model) is ({vocab_size}, {d_model})"
+            )
+        self.token_embedding = token_embedding
         self.supports_masking = True
 
     def build(self, token_ids_shape):
-        self.token_embedding = keras.layers.Embedding(
-            self.vocab_size, self.d_model, name="token_embedding", dtype=self.dtype_policy
-        )
-        self.token_embedding.build(token_ids_shape)
+        if self.token_embedding is None:
+            self.token_embedding = keras.layers.Embedding(
+                self.vocab_size, self.d_model, name="token_embedding", dtype=self.dtype_policy
+            )
+        if not self.token_embedding.built:
+            self.token_embedding.build(token_ids_shape)
         if self.positional == "learned":
             self.position_embedding = keras.layers.Embedding(
                 self.max_length, self.d_model, name="position_embedding", dtype=self.dtype_policy

@@ -86,6 +86,8 @@ class Encoder(keras.layers.Layer):
     Args:
         vocab_size, num_layers, d_model, num_heads, d_ff, dropout, max_length,
         positional, norm_first, fused: as in `TransformerConfig` (source side).
+        token_embedding: a `keras.layers.Embedding` shared with the decoder
+            (`TransformerConfig.share_embeddings`); None: the encoder's own.
 
     Call arguments:
         token_ids: int `(batch, source_length)`, 0 = padding.
@@ -96,7 +98,7 @@ class Encoder(keras.layers.Layer):
 
     def __init__(
         self, vocab_size, num_layers, d_model, num_heads, d_ff, dropout=0.0,
-        max_length=512, positional="sinusoidal", norm_first=False, fused=True, **kwargs,
+        max_length=512, positional="sinusoidal", norm_first=False, fused=True, token_embedding=None, **kwargs,
     ):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
@@ -109,12 +111,13 @@ class Encoder(keras.layers.Layer):
         self.positional = positional
         self.norm_first = norm_first
         self.fused = fused
+        self.token_embedding = token_embedding
 
     def build(self, token_ids_shape):
         policy = self.dtype_policy
         self.embedding = PositionalEmbedding(
             self.vocab_size, self.d_model, self.max_length, self.positional, self.dropout,
-            name="embedding", dtype=policy,
+            token_embedding=self.token_embedding, name="embedding", dtype=policy,
         )
         self.embedding.build(token_ids_shape)
         x_shape = tuple(token_ids_shape) + (self.d_model,)

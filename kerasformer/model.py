@@ -8,15 +8,10 @@ from kerasformer.encoder import Encoder
 from kerasformer.masks import padding_mask
 
 
-def build_seq2seq(config: TransformerConfig, name="transformer", dtype=None):
-    """Builds the Transformer of "Attention Is All You Need" from a config.
-
-    Args:
-        config: the hyperparameters.
-        name: the model's name.
-        dtype: a Keras dtype policy for every layer, e.g. "mixed_bfloat16"
-            (float32 weights, bfloat16 compute; the softmax and the logits stay
-            float32). None uses the global policy.
+@keras.saving.register_keras_serializable(package="kerasformer")
+class Seq2Seq(keras.Model):
+    """The Transformer of "Attention Is All You Need": a functional model built
+    from a `TransformerConfig`, saved and loaded as that config.
 
     Inputs (a dict keyed by these names):
         encoder_tokens: int32 `(batch, source_length)`, source_length <=
@@ -28,6 +23,90 @@ def build_seq2seq(config: TransformerConfig, name="transformer", dtype=None):
         float32 logits `(batch, target_length, config.target_vocab_size)`;
         position t predicts target token t from source and decoder tokens <= t.
 
+    The layers are named "encoder" and "decoder" (`model.get_layer`). With
+    `config.share_embeddings` both hold one `keras.layers.Embedding`,
+    "shared_token_embedding": one variable, one vocabulary for both languages
+    (and the output projection too with `tie_embeddings`). `get_config` is the
+    config, so loading a `.keras` file builds the same sharing again.
+
+    Args:
+        config: a `TransformerConfig` (or its dict).
+        layer_dtype: a Keras dtype policy name for every layer, e.g.
+            "mixed_bfloat16"; None: the global policy's (recorded in `get_config`).
+        name: the model's name.
+    """
+
+    def __init__(self, config, layer_dtype=None, name="transformer", **kwargs):
+        if isinstance(config, dict):
+            config = TransformerConfig.from_dict(config)
+        # Recorded by name, so a file saved under a global policy loads in that policy.
+        layer_dtype = layer_dtype or keras.config.dtype_policy().name
+        encoder_tokens = keras.Input(shape=(None,), dtype="int32", name="encoder_tokens")
+        decoder_tokens = keras.Input(shape=(None,), dtype="int32", name="decoder_tokens")
+        token_embedding = None
+        if config.share_embeddings:
+            token_embedding = keras.layers.Embedding(
+                config.target_vocab_size, config.d_model, name="shared_token_embedding", dtype=layer_dtype
+            )
+        shared = dict(
+            num_layers=config.num_layers,
+            d_model=config.d_model,
+            num_heads=config.num_heads,
+            d_ff=config.d_ff,
+            dropout=config.dropout,
+            positional=config.positional,
+            norm_first=config.norm_first,
+            fused=config.fused,
+            token_embedding=token_embedding,
+            dtype=layer_dtype,
+        )
+        encoder = Encoder(
+            config.source_vocab_size, max_length=config.max_source_length, name="encoder", **shared
+        )
+        decoder = Decoder(
+            config.target_vocab_size,
+            max_length=config.max_target_length,
+            tie_embeddings=config.tie_embeddings,
+            name="decoder",
+            **shared,
+        )
+        encoder_output = encoder(encoder_tokens)
+        logits = decoder(decoder_tokens, encoder_output, encoder_padding_mask=padding_mask(encoder_tokens))
+        super().__init__(
+            inputs={"encoder_tokens": encoder_tokens, "decoder_tokens": decoder_tokens},
+            outputs=logits,
+            name=name,
+            **kwargs,
+        )
+        self.transformer_config = config
+        self.layer_dtype = layer_dtype
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "config": self.transformer_config.to_dict(),
+            "layer_dtype": self.layer_dtype,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return cls(**config)
+
+
+def build_seq2seq(config: TransformerConfig, name="transformer", dtype=None):
+    """Builds the Transformer of "Attention Is All You Need" from a config.
+
+    Args:
+        config: the hyperparameters.
+        name: the model's name.
+        dtype: a Keras dtype policy name for every layer, e.g. "mixed_bfloat16"
+            (float32 weights, bfloat16 compute; the softmax and the logits stay
+            float32). None uses the global policy.
+
+    Returns:
+        a `Seq2Seq` model (inputs, output and layer names there).
+
     Example:
         >>> from kerasformer import build_seq2seq, preset
         >>> model = build_seq2seq(preset("tiny", source_vocab_size=50, target_vocab_size=60))
@@ -35,33 +114,4 @@ def build_seq2seq(config: TransformerConfig, name="transformer", dtype=None):
         >>> model(tokens).shape
         (1, 3, 60)
     """
-    encoder_tokens = keras.Input(shape=(None,), dtype="int32", name="encoder_tokens")
-    decoder_tokens = keras.Input(shape=(None,), dtype="int32", name="decoder_tokens")
-    shared = dict(
-        num_layers=config.num_layers,
-        d_model=config.d_model,
-        num_heads=config.num_heads,
-        d_ff=config.d_ff,
-        dropout=config.dropout,
-        positional=config.positional,
-        norm_first=config.norm_first,
-        fused=config.fused,
-        dtype=dtype,
-    )
-    encoder = Encoder(
-        config.source_vocab_size, max_length=config.max_source_length, name="encoder", **shared
-    )
-    decoder = Decoder(
-        config.target_vocab_size,
-        max_length=config.max_target_length,
-        tie_embeddings=config.tie_embeddings,
-        name="decoder",
-        **shared,
-    )
-    encoder_output = encoder(encoder_tokens)
-    logits = decoder(decoder_tokens, encoder_output, encoder_padding_mask=padding_mask(encoder_tokens))
-    return keras.Model(
-        inputs={"encoder_tokens": encoder_tokens, "decoder_tokens": decoder_tokens},
-        outputs=logits,
-        name=name,
-    )
+    return Seq2Seq(config, layer_dtype=getattr(dtype, "name", dtype), name=name)  # a policy or its name

@@ -19,8 +19,9 @@ rebuilt here because TensorFlow Serving's test data is not installed:
                                               builds it: tensor names x:0, y:0, tf_example:0
     saved_model_counter/1/                    get_counter, incr_counter, reset_counter,
                                               incr_counter_by (predict_util_test.cc's counter model)
-    tiny/1/                                   a real kerasformer export of a 1-epoch tiny run
-                                              (only with `model_base(real_export=True)`)
+    tiny/1/                                   a real kerasformer export: a copy of the reference
+                                              model, saved_models/kerasformer_en_es/1 (only with
+                                              `model_base(real_export=True)`)
 
 Usage in a test module:
 
@@ -54,6 +55,8 @@ HALF_PLUS_TWO_MODEL = "saved_model_half_plus_two_2_versions"
 HALF_PLUS_TWO_VERSIONS = (123, 124)
 COUNTER_MODEL = "saved_model_counter"
 REAL_EXPORT_MODEL = "tiny"
+REFERENCE_EXPORT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "saved_models", "kerasformer_en_es", "1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -356,18 +359,10 @@ def save_counter_model(path):
 
 
 def save_real_export(base):
-    """A real kerasformer export at `base/tiny/1`: the tiny preset trained for one epoch."""
-    import keras
-    from test_train import tiny_config
-
-    from kerasformer.export.exporter import export_run
-    from kerasformer.training.train import train
-
-    run = os.path.join(base, ".run")
-    keras.utils.set_random_seed(0)
-    train(tiny_config(run, epochs=1))
-    path = export_run(run, REAL_EXPORT_MODEL, base_dir=base)
-    shutil.rmtree(run, ignore_errors=True)
+    """A real kerasformer export at `base/tiny/1`: a copy of the reference model that ships in
+    saved_models/kerasformer_en_es/1 (the real export's signatures, made by kerasformer-export)."""
+    path = os.path.join(base, REAL_EXPORT_MODEL, "1")
+    shutil.copytree(REFERENCE_EXPORT, path)
     return path
 
 

@@ -60,6 +60,16 @@ def test_cached_decoding_gives_exactly_the_tokens_of_full_recomputation(copy_mod
     assert cached.shape == (3, 8)
 
 
+def test_a_model_with_shared_embeddings_decodes_like_full_recomputation():
+    keras.utils.set_random_seed(1)
+    model = build_seq2seq(preset("tiny", source_vocab_size=VOCAB, target_vocab_size=VOCAB, share_embeddings=True))
+    source = np.array([[3, 4, 5, 6, 7], [12, 11, 10, 0, 0]], "int32")
+    np.testing.assert_array_equal(
+        numpy(greedy_decode(model, source, START, END, max_length=6)),
+        greedy_decode_uncached(model, source, START, END, max_length=6),
+    )
+
+
 def test_the_plain_path_decodes_the_same_tokens_as_the_fused_one(copy_model):
     plain = build_seq2seq(preset("tiny", source_vocab_size=VOCAB, target_vocab_size=VOCAB, fused=False))
     plain.set_weights(copy_model.get_weights())

@@ -92,11 +92,54 @@ def test_keras_file_round_trip_gives_identical_logits(tmp_path, overrides):
     assert loaded.get_layer("decoder").get_config() == model.get_layer("decoder").get_config()
 
 
-def test_functional_config_round_trip():
+def test_config_round_trip():
     model = tiny_model()
-    clone = keras.Model.from_config(model.get_config())
+    assert model.get_config()["config"] == model.transformer_config.to_dict()
+    clone = type(model).from_config(model.get_config())
     clone.set_weights(model.get_weights())
     np.testing.assert_array_equal(numpy(clone(batch())), numpy(model(batch())))
+
+
+def test_shared_embeddings_are_one_variable_for_encoder_decoder_and_output(tmp_path):
+    """share_embeddings + tie_embeddings: the paper's section 3.4, one matrix E for both
+    embedding layers and the pre-softmax projection; it stays one after a .keras round trip."""
+    shared = build_seq2seq(preset("tiny", source_vocab_size=TARGET_VOCAB, target_vocab_size=TARGET_VOCAB,
+                                  share_embeddings=True))
+    apart = build_seq2seq(shared.transformer_config.replace(share_embeddings=False))
+    assert apart.count_params() - shared.count_params() == TARGET_VOCAB * 32
+    assert len(apart.trainable_variables) - len(shared.trainable_variables) == 1
+    tokens = batch()
+    tokens["encoder_tokens"] = np.where(tokens["encoder_tokens"] > 0, tokens["encoder_tokens"] + 7, 0)
+    before, after, loaded = round_trip(shared, tmp_path, tokens)
+    np.testing.assert_array_equal(before, after)
+    for model in (shared, loaded):
+        encoder, decoder = model.get_layer("encoder"), model.get_layer("decoder")
+        matrix = encoder.embedding.embeddings
+        assert matrix is decoder.embedding.embeddings and decoder.output_projection is None
+        assert sum(variable is matrix for variable in model.trainable_variables) == 1
+    # A source token's embedding is the row of E that the output projection scores it with.
+    E = numpy(shared.get_layer("encoder").embedding.embeddings)
+    hidden = np.random.default_rng(0).normal(size=(1, 1, 32)).astype("float32")
+    np.testing.assert_allclose(numpy(shared.get_layer("decoder").logits(hidden))[0, 0], hidden[0, 0] @ E.T, rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_built_under_a_global_policy_keeps_it_when_loaded(tmp_path):
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = tiny_model()
+    finally:
+        keras.config.set_dtype_policy("float32")
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert model.get_config()["layer_dtype"] == "mixed_bfloat16"
+    assert loaded.get_layer("encoder").compute_dtype == "bfloat16"
+    assert numpy(loaded(batch())).dtype == np.float32  # the logits stay float32
+
+
+def test_shared_embeddings_need_one_vocabulary():
+    with pytest.raises(ValueError, match="share_embeddings needs one vocabulary: source_vocab_size=40 != target_vocab_size=50"):
+        tiny_model(share_embeddings=True)
 
 
 LOAD_AND_COMPARE = """

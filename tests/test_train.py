@@ -4,11 +4,13 @@ the run translates (also Chinese->English). Interrupted runs: tests/test_resume.
 import gzip
 import json
 import os
+import types
 
 import keras
 import numpy as np
 import pytest
 
+from kerasformer.training import callbacks
 from kerasformer.training.config import TrainConfig
 from kerasformer.training.evaluate import evaluate
 from kerasformer.training.train import parse_args, train
@@ -53,10 +55,32 @@ def test_run_folder_is_complete(tmp_path):
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_time_budget_decays_the_rate_to_zero_when_it_ends_and_keeps_its_clock_on_resume(tmp_path):
+@pytest.mark.backend_independent  # the tokenizers' part; the model's sharing is tested per backend in test_model.py
+def test_a_shared_vocabulary_run_has_one_tokenizer_and_one_embedding_matrix(tmp_path):
+    train(tiny_config(tmp_path, epochs=1, shared_vocabulary=True))
+    source, target = (tmp_path / "tokenizers" / name for name in ("source.model", "target.model"))
+    assert source.read_bytes() == target.read_bytes()
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["share_embeddings"] is True
+    translator = Translator.from_run(str(tmp_path))
+    encoder, decoder = translator.model.get_layer("encoder"), translator.model.get_layer("decoder")
+    assert encoder.embedding.embeddings is decoder.embedding.embeddings
+    assert len(translator.translate(["Jesus wept."])) == 1
+    with pytest.raises(ValueError, match="model.share_embeddings=True: the tokenizers decide it; set shared_vocabulary"):
+        tiny_config(tmp_path / "other", model={"share_embeddings": True})
+    target.write_bytes((tmp_path / "tokenizers" / "target.model").read_bytes() + b"x")  # no longer one tokenizer
+    with pytest.raises(ValueError, match="holds two different tokenizers, and shared_vocabulary needs one"):
+        train(tiny_config(tmp_path, epochs=2, shared_vocabulary=True))
+
+
+def test_a_time_budget_decays_the_rate_to_zero_when_it_ends_and_keeps_its_clock_on_resume(tmp_path, monkeypatch):
     """learning_rate_schedule "auto" with a time budget is the budget schedule: warmup, then a
     decay that reaches 0 as the budget's time runs out; the rates used go to TensorBoard and
-    curves.png; the time spent is saved, so a rerun of the same command has nothing left."""
+    curves.png; the time spent is saved, so a rerun of the same command has nothing left.
+    The budget's clock is a fake one that moves a second each time it is read, so the test
+    does not depend on how fast this machine trains (a loaded machine may spend a real
+    36-second budget on the first step)."""
+    clock = iter(range(10**6))
+    monkeypatch.setattr(callbacks, "time", types.SimpleNamespace(monotonic=lambda: float(next(clock))))
     config = tiny_config(tmp_path, epochs=50, time_budget_minutes=0.6, warmup_steps=3, peak_learning_rate=0.002)
     assert config.schedule == "budget"
     metrics = train(config)

@@ -41,6 +41,9 @@ class TrainConfig:
     skip_malformed: bool = False
     max_train_pairs: int = 0  # 0 = all
     vocabulary_size: int = 8000
+    # One SentencePiece vocabulary for both languages, and one embedding matrix for the
+    # encoder, the decoder and the output projection (the paper's section 3.4).
+    shared_vocabulary: bool = False
     # Optimisation (paper, section 5).
     batch_tokens: int = 4096
     epochs: int = 30
@@ -120,12 +123,12 @@ class TrainConfig:
         return self.learning_rate_schedule
 
     def model_config(self, source_vocab_size, target_vocab_size):
-        given = sorted({"source_vocab_size", "target_vocab_size"} & set(self.model))
-        if given:
-            raise ValueError(f"model.{given[0]}={self.model[given[0]]!r}: the vocabulary sizes come from the "
-                             "tokenizers; set vocabulary_size instead")
+        for key, instead in (("source_vocab_size", "vocabulary_size"), ("target_vocab_size", "vocabulary_size"),
+                             ("share_embeddings", "shared_vocabulary")):
+            if key in self.model:
+                raise ValueError(f"model.{key}={self.model[key]!r}: the tokenizers decide it; set {instead} instead")
         return TransformerConfig.from_dict(
-            {**PRESETS[self.preset], **self.model,
+            {**PRESETS[self.preset], **self.model, "share_embeddings": self.shared_vocabulary,
              "source_vocab_size": source_vocab_size, "target_vocab_size": target_vocab_size}
         )
 
@@ -168,6 +171,8 @@ HELP = {
     "skip_malformed": "skip and count malformed corpus lines instead of stopping at the first",
     "max_train_pairs": "train on the first N pairs only (0: all)",
     "vocabulary_size": "SentencePiece vocabulary of each side (a soft limit: a small corpus gets fewer)",
+    "shared_vocabulary": "one SentencePiece vocabulary for both languages, and one embedding matrix for the "
+                         "encoder, the decoder and the output projection (the paper's section 3.4)",
     "batch_tokens": "padded tokens per batch and side (the paper: about 25000)",
     "epochs": "passes over the training pairs",
     "time_budget_minutes": "stop training after this many minutes (0: no limit)",

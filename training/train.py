@@ -53,16 +53,29 @@ log = logging.getLogger("kerasformer.train")
 def prepare_tokenizers(run, config, train):
     """Trains the tokenizers, or reuses the run's own so a resumed run keeps its ids.
 
-    SentencePiece trains in one call that reports nothing back, so its progress is a log
-    line before and after each side."""
-    for side, texts in (("source", train.sources), ("target", train.targets)):
-        path = run.tokenizer_file(side)
-        if not os.path.exists(path):
-            log.info("%s tokenizer: training SentencePiece on %d sentences (vocabulary_size %d)",
-                     side, len(texts), config.vocabulary_size)
-            started = time.monotonic()
-            save_tokenizer(train_sentencepiece(texts, config.vocabulary_size), path)
-            log.info("%s tokenizer: %s in %.1f s", side, path, time.monotonic() - started)
+    With `shared_vocabulary` one model, trained on the sentences of both sides, is written
+    as both files. SentencePiece trains in one call that reports nothing back, so its
+    progress is a log line before and after each model."""
+    if config.shared_vocabulary:
+        models = [("source+target", list(train.sources) + list(train.targets), ("source", "target"))]
+    else:
+        models = [("source", train.sources, ("source",)), ("target", train.targets, ("target",))]
+    for name, texts, sides in models:
+        paths = [run.tokenizer_file(side) for side in sides]
+        if all(os.path.exists(path) for path in paths):
+            continue
+        log.info("%s tokenizer: training SentencePiece on %d sentences (vocabulary_size %d)",
+                 name, len(texts), config.vocabulary_size)
+        started = time.monotonic()
+        proto = train_sentencepiece(texts, config.vocabulary_size)
+        for path in paths:
+            save_tokenizer(proto, path)
+        log.info("%s tokenizer: %s in %.1f s", name, ", ".join(paths), time.monotonic() - started)
+    if config.shared_vocabulary:
+        with open(run.tokenizer_file("source"), "rb") as source, open(run.tokenizer_file("target"), "rb") as target:
+            if source.read() != target.read():
+                raise ValueError(f"{run.tokenizers} holds two different tokenizers, and shared_vocabulary needs one "
+                                 "for both sides: start the run in a new run_dir")
     return run.load_tokenizers()
 
 
