@@ -21,6 +21,22 @@ def pytest_report_header(config):
     return f"keras backend: {keras.backend.backend()} (keras {keras.__version__})"
 
 
+# Modules that train or serve real models, longest first (measured with --durations). With
+# `pytest -n 2 --dist loadfile` each module runs whole on one worker, in collection order: one
+# of these collected last (alphabetical order puts test_resume and test_train there) keeps
+# one worker busy for minutes after the other has finished. Started first, they overlap.
+LONG_MODULES = ("test_resume.py", "test_train.py", "test_export.py", "test_conformance_http.py",
+                "test_distribution.py", "test_cli.py", "test_export_faults.py", "test_decoding.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        name = os.path.basename(str(item.fspath))
+        return LONG_MODULES.index(name) if name in LONG_MODULES else len(LONG_MODULES)
+
+    items.sort(key=rank)  # stable: the order inside each module, and of the other modules, stays
+
+
 def round_trip(model, tmp_path, inputs):
     """Saves `model` to .keras, loads it back, and returns (original, loaded) outputs."""
     path = os.path.join(tmp_path, "model.keras")

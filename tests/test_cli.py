@@ -239,6 +239,9 @@ def test_training_progress_callback_on_a_terminal(fake_clock, progress_log):
         assert "val_loss" in frames[-1]
 
 
+# The progress lines come from our callbacks and Progress, the same code on every backend
+# (two processes, ~40 s under JAX): run once, in the first backend pass.
+@pytest.mark.backend_independent
 def test_training_and_evaluation_report_progress_in_a_log(tmp_path):
     """kerasformer-train and kerasformer-evaluate with stderr in a file: log lines, not a bar."""
     run = tiny_config(tmp_path / "run", epochs=1)
