@@ -2,7 +2,8 @@
 # Sets up .venv and runs the test suite once per Keras backend. Tests marked
 # backend_independent (the REST server, the corpus reader: nothing in them
 # depends on KERAS_BACKEND) run in the first pass only.
-# Extra arguments go to pytest (e.g. `bash tests/run.sh -m slow`).
+# Extra arguments go to pytest (e.g. `bash tests/run.sh -m slow`). Each pass ends with its 25
+# slowest tests (--durations), the figures to read before trimming the CI time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash training/setup_venv.sh
@@ -11,6 +12,6 @@ for backend in ${KERASFORMER_BACKENDS:-tensorflow jax torch}; do
     echo "=== KERAS_BACKEND=$backend ==="
     select=()
     if [ "$first" = 0 ]; then select=(-m "not slow and not backend_independent"); fi
-    KERAS_BACKEND="$backend" .venv/bin/python -m pytest -q -n 2 --dist loadfile -p no:cacheprovider "${select[@]}" "$@" tests
+    KERAS_BACKEND="$backend" .venv/bin/python -m pytest -q -n 2 --dist loadfile -p no:cacheprovider --durations=25 "${select[@]}" "$@" tests
     first=0
 done
