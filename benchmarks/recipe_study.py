@@ -14,7 +14,8 @@ process, so every variant starts from the same state of the machine. Columns: te
 chrF (sacreBLEU), the best validation loss, training steps, target tokens/s, the share of
 distinct hypotheses, and sacreBLEU's hypothesis/reference length ratio.
 
-A variant whose `eval/test.scores.json` exists in `--runs` is not trained again, so a study
+`chosen@2026-12-02` trains `chosen` again in its own folder: a control for rows run on
+another day. A variant whose `eval/test.scores.json` exists in `--runs` is not trained again, so a study
 stopped midway resumes where it stopped (and a run stopped midway resumes its training: the
 budget's clock is kept with the run). Timings belong to the machine they ran on: the table
 names it and the date; compare only rows of one study.
@@ -30,6 +31,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # also runnable as `python benchmarks/recipe_study.py`
+    sys.path.insert(0, ROOT)
 BASE_CONFIG = os.path.join(ROOT, "training", "configs", "small_en_es.toml")
 
 # name -> (what it tests, flags over the base config). The base config is the chosen recipe.
@@ -56,6 +59,12 @@ VARIANTS = {
     "wide": ("d_model 256, 2+2 layers (width against depth at equal time)",
              ["--model", '{"norm_first": true, "dropout": 0.0, "d_model": 256, "d_ff": 1024, "num_layers": 2}']),
     "deep": ("d_model 128, 6+6 layers", ["--model", '{"norm_first": true, "dropout": 0.0, "num_layers": 6}']),
+    "layers-2": ("d_model 128, 2+2 layers (more steps of a shallower model)",
+                 ["--model", '{"norm_first": true, "dropout": 0.0, "num_layers": 2}']),
+    "encoder-4-decoder-2": ("4 encoder and 2 decoder blocks (a deep encoder, a shallow decoder: Kasai et al. 2021)",
+                            ["--model", '{"norm_first": true, "dropout": 0.0, "num_layers": 4, "num_decoder_layers": 2}']),
+    "encoder-3-decoder-1": ("3 encoder blocks and 1 decoder block",
+                            ["--model", '{"norm_first": true, "dropout": 0.0, "num_layers": 3, "num_decoder_layers": 1}']),
 }
 
 
@@ -66,6 +75,12 @@ def run(args, log, env):
         result = subprocess.run(args, cwd=ROOT, stdout=file, stderr=subprocess.STDOUT, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed (exit {result.returncode}); see {log}")
+
+
+def base(name):
+    """The variant of a run's name: `chosen@2026-12-02` is a repeat of `chosen` (a control
+    run on another day, in its own folder)."""
+    return name.split("@", 1)[0]
 
 
 def study_variant(name, minutes, runs, backend):
@@ -79,7 +94,7 @@ def study_variant(name, minutes, runs, backend):
         started = time.monotonic()
         python = [sys.executable, "-m"]
         run([*python, "kerasformer.training.train", "--config", BASE_CONFIG, "--run-dir", run_dir,
-             "--time-budget-minutes", str(minutes), "--log-level", "warning", *VARIANTS[name][1]], log, env)
+             "--time-budget-minutes", str(minutes), "--log-level", "warning", *VARIANTS[base(name)][1]], log, env)
         run([*python, "kerasformer.training.evaluate", run_dir, "--split", "test", "--beam-size", "1",
              "--examples", "0", "--log-level", "warning"], log, env)
         print(f"{name}: {time.monotonic() - started:.0f} s", file=sys.stderr)
@@ -99,7 +114,7 @@ def row(name, run_dir):
     bleu = sacrebleu.metrics.BLEU().corpus_score(hypotheses, [references])
     return {
         "variant": name,
-        "what": VARIANTS[name][0],
+        "what": VARIANTS[base(name)][0],
         "bleu": scores["bleu"],
         "chrf": scores["chrf"],
         "val_loss": round(min(metrics["history"].get("val_loss", [float("nan")])), 3),
@@ -107,21 +122,27 @@ def row(name, run_dir):
         "tokens_per_second": metrics["train_tokens_per_second"],
         "distinct": round(len(set(hypotheses)) / max(len(hypotheses), 1), 3),
         "length_ratio": round(bleu.sys_len / max(bleu.ref_len, 1), 3),
+        # The day it was scored: step counts and tokens/s move from day to day on shared machines.
+        "date": datetime.datetime.fromtimestamp(os.path.getmtime(run.eval_file("test.scores.json")),
+                                                datetime.timezone.utc).date().isoformat(),
     }
 
 
 def machine():
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    return f"{os.cpu_count()} CPU ({cpu}), Python {platform.python_version()}"
+    from benchmarks.results import machine as cpu_and_memory
+
+    return f"{cpu_and_memory()}, Python {platform.python_version()}"
 
 
 def write_table(rows, minutes, backend, out):
-    header = ["variant", "bleu", "chrf", "val_loss", "steps", "tokens_per_second", "distinct", "length_ratio", "what"]
+    header = ["variant", "bleu", "chrf", "val_loss", "steps", "tokens_per_second", "distinct", "length_ratio", "date",
+              "what"]
     lines = [
         f"# Recipe study: {minutes:g} minutes of training per variant",
         "",
-        f"- {datetime.date.today().isoformat()}, {machine()}, KERAS_BACKEND={backend}",
+        f"- written {datetime.date.today().isoformat()}, {machine()}, KERAS_BACKEND={backend}; each row's `date` "
+        "is the day it ran. The machines are shared and their speed moves from day to day (steps in 12 minutes "
+        "with it): compare rows of one date",
         "- test books of the embedded corpus, greedy decoding with the run's length rule; BLEU and chrF by sacreBLEU",
         "- `python benchmarks/recipe_study.py --minutes {:g}`; each row: training/configs/small_en_es.toml plus the "
         "variant's flags (benchmarks/recipe_study.py VARIANTS)".format(minutes),
@@ -130,7 +151,7 @@ def write_table(rows, minutes, backend, out):
         "|" + "---|" * len(header),
     ]
     for r in rows:
-        lines.append("| " + " | ".join(str(r[key]) for key in header) + " |")
+        lines.append("| " + " | ".join("" if r.get(key) is None else str(r[key]) for key in header) + " |")
     with open(out + ".md", "w", encoding="utf-8") as file:
         file.write("\n".join(lines) + "\n")
     with open(out + ".json", "w", encoding="utf-8") as file:
@@ -170,7 +191,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--minutes", type=float, default=12, help="training budget per variant")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}; NAME@TAG repeats NAME in its own "
+                        "folder (a control run on another day: chosen@2026-12-02)")
     parser.add_argument("--runs", default=os.path.join(ROOT, "runs", "study"), help="run folders (one per variant)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "recipe_study"),
                         help="table path without suffix (.md and .json)")
@@ -179,7 +201,7 @@ def main(argv=None):
                         help="train the variants for each of these budgets and plot BLEU against minutes")
     args = parser.parse_args(argv)
     names = [n for n in args.variants.split(",") if n]
-    unknown = sorted(set(names) - set(VARIANTS))
+    unknown = sorted({base(name) for name in names} - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     if args.curve:
@@ -192,10 +214,22 @@ def main(argv=None):
     runs = os.path.join(args.runs, f"{args.minutes:g}min")
     for name in names:
         study_variant(name, args.minutes, runs, args.backend)
-    # The table holds every variant of this budget scored so far, in VARIANTS' order.
-    done = [name for name in VARIANTS if os.path.exists(os.path.join(runs, name, "eval", "test.scores.json"))]
-    write_table([row(name, os.path.join(runs, name)) for name in done], args.minutes, args.backend, args.out)
+    write_table(table_rows(runs, args.out, args.minutes), args.minutes, args.backend, args.out)
 
+
+def table_rows(runs, out, minutes):
+    """Every variant of this budget scored so far, in VARIANTS' order: the rows of the run
+    folders here, and the rows already in the table (`out`.json) whose folders are not here
+    (runs/ is not kept from one machine to the next; the table is the record)."""
+    rows = {}
+    if os.path.exists(out + ".json"):
+        record = json.load(open(out + ".json", encoding="utf-8"))
+        if record.get("minutes") == minutes:
+            rows = {r["variant"]: r for r in record["rows"] if base(r["variant"]) in VARIANTS}
+    for name in os.listdir(runs) if os.path.isdir(runs) else []:
+        if base(name) in VARIANTS and os.path.exists(os.path.join(runs, name, "eval", "test.scores.json")):
+            rows[name] = row(name, os.path.join(runs, name))
+    return sorted(rows.values(), key=lambda r: (list(VARIANTS).index(base(r["variant"])), r["variant"]))
 
 if __name__ == "__main__":
     main()

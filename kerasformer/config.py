@@ -20,6 +20,10 @@ class TransformerConfig:
         num_heads: h, the number of attention heads; d_k = d_v = d_model / h.
         d_ff: inner width of the position-wise feed-forward network.
         num_layers: N, the number of encoder blocks and of decoder blocks.
+        num_decoder_layers: None (the paper: N decoder blocks too) or a number of
+            decoder blocks of its own, for a deep encoder and a shallow decoder
+            (Kasai et al. 2021: decoder blocks cost the most, in training and
+            even more in step-by-step decoding).
         dropout: P_drop, applied to sublayer outputs, embeddings and attention weights.
         max_source_length: longest encoder input the model accepts.
         max_target_length: longest decoder input the model accepts.
@@ -46,6 +50,7 @@ class TransformerConfig:
     num_heads: int = 8
     d_ff: int = 2048
     num_layers: int = 6
+    num_decoder_layers: int | None = None
     dropout: float = 0.1
     max_source_length: int = 128
     max_target_length: int = 128
@@ -69,6 +74,15 @@ class TransformerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
+        if self.num_decoder_layers is not None and (
+            isinstance(self.num_decoder_layers, bool)
+            or not isinstance(self.num_decoder_layers, int)
+            or self.num_decoder_layers < 1
+        ):
+            raise ValueError(
+                f"num_decoder_layers={self.num_decoder_layers!r} must be a positive integer "
+                "(or None: as many as num_layers)"
+            )
         for name in ("norm_first", "tie_embeddings", "share_embeddings", "fused"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be true or false")
@@ -99,6 +113,11 @@ class TransformerConfig:
             raise ValueError(
                 f"positional={self.positional!r} must be one of {POSITIONAL_KINDS}"
             )
+
+    @property
+    def decoder_layers(self):
+        """The number of decoder blocks: num_decoder_layers, or N."""
+        return self.num_layers if self.num_decoder_layers is None else self.num_decoder_layers
 
     @property
     def d_k(self):

@@ -49,7 +49,6 @@ class Seq2Seq(keras.Model):
                 config.target_vocab_size, config.d_model, name="shared_token_embedding", dtype=layer_dtype
             )
         shared = dict(
-            num_layers=config.num_layers,
             d_model=config.d_model,
             num_heads=config.num_heads,
             d_ff=config.d_ff,
@@ -61,10 +60,15 @@ class Seq2Seq(keras.Model):
             dtype=layer_dtype,
         )
         encoder = Encoder(
-            config.source_vocab_size, max_length=config.max_source_length, name="encoder", **shared
+            config.source_vocab_size,
+            num_layers=config.num_layers,
+            max_length=config.max_source_length,
+            name="encoder",
+            **shared,
         )
         decoder = Decoder(
             config.target_vocab_size,
+            num_layers=config.decoder_layers,
             max_length=config.max_target_length,
             tie_embeddings=config.tie_embeddings,
             name="decoder",

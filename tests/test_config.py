@@ -40,6 +40,8 @@ def test_overrides_and_dict_round_trip():
         ({"dropout": float("nan")}, r"dropout=nan must be in \[0, 1\)"),
         ({"dropout": "0.1"}, r"dropout='0.1' must be in \[0, 1\)"),
         ({"max_source_length": 1}, "max_source_length=1 must be at least 2"),
+        ({"num_decoder_layers": 0}, r"num_decoder_layers=0 must be a positive integer \(or None"),
+        ({"num_decoder_layers": 1.5}, "num_decoder_layers=1.5 must be a positive integer"),
     ],
 )
 def test_impossible_values_are_refused_naming_the_key(changes, message):
@@ -58,3 +60,9 @@ def test_unknown_keys_of_mixed_types_are_named():
     # A YAML config can give number keys; naming them must not fail on sorting.
     with pytest.raises(ValueError, match=r"unknown config key\(s\) \[1, 'x'\]"):
         TransformerConfig.from_dict({1: 2, "x": 3})
+
+
+def test_decoder_depth_follows_num_layers_unless_given():
+    assert preset("small").decoder_layers == 3
+    assert preset("small", num_decoder_layers=1).decoder_layers == 1
+    assert preset("small", num_decoder_layers=1).num_layers == 3

@@ -92,6 +92,15 @@ def test_keras_file_round_trip_gives_identical_logits(tmp_path, overrides):
     assert loaded.get_layer("decoder").get_config() == model.get_layer("decoder").get_config()
 
 
+def test_a_deep_encoder_with_a_shallow_decoder_round_trips(tmp_path):
+    model = tiny_model(num_layers=3, num_decoder_layers=1)
+    assert len(model.get_layer("encoder").blocks) == 3
+    assert len(model.get_layer("decoder").blocks) == 1
+    before, after, loaded = round_trip(model, tmp_path, batch())
+    np.testing.assert_array_equal(before, after)
+    assert loaded.transformer_config.decoder_layers == 1
+
+
 def test_config_round_trip():
     model = tiny_model()
     assert model.get_config()["config"] == model.transformer_config.to_dict()
