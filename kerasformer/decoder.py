@@ -4,7 +4,7 @@ feed-forward, then the final linear transformation (sections 3.1, 3.4)."""
 import keras
 from keras import ops
 
-from kerasformer.add_norm import AddNorm
+from kerasformer.add_norm import AddNorm, outputs_of
 from kerasformer.attention import MultiHeadAttention
 from kerasformer.embedding import PositionalEmbedding
 from kerasformer.feed_forward import FeedForward, position_wise
@@ -34,12 +34,14 @@ class DecoderBlock(keras.layers.Layer):
         cache_update_index: position of `x`'s first token.
         cross_attention_cache: `(key, value)`, each `(batch, num_heads,
             source_length, d_k)`, from `Decoder.compute_cross_attention_cache`.
-        return_attention_scores: also return the cross-attention weights
-            `(batch, num_heads, target_length, source_length)`.
+        return_attention_scores: also return the attention weights, a dict:
+            "self_attention" `(batch, num_heads, target_length, key_length)`
+            (key_length: target_length, or the cache's max_target_length) and
+            "cross_attention" `(batch, num_heads, target_length, source_length)`.
 
     Returns:
-        `(batch, target_length, d_model)`; then the cross-attention weights if
-        requested; then the updated self-attention cache if one was given.
+        `(batch, target_length, d_model)`; then the weights if requested; then
+        the updated self-attention cache if one was given.
     """
 
     def __init__(self, num_heads, d_ff, dropout=0.0, norm_first=False, fused=True, **kwargs):
@@ -95,6 +97,7 @@ class DecoderBlock(keras.layers.Layer):
                 use_causal_mask=True,
                 cache=self_attention_cache,
                 cache_update_index=cache_update_index,
+                return_attention_scores=return_attention_scores,
                 training=training,
             )
 
@@ -110,9 +113,11 @@ class DecoderBlock(keras.layers.Layer):
         def feed_forward(x):
             return self.feed_forward(x, training=training)
 
-        x = self.self_attention_add_norm(x, sublayer=masked_self_attention, training=training)
+        x, *others = outputs_of(self.self_attention_add_norm(x, sublayer=masked_self_attention, training=training))
+        if return_attention_scores:
+            self_attention_weights, *others = others
         if self_attention_cache is not None:
-            x, self_attention_cache = x
+            (self_attention_cache,) = others
         x = self.cross_attention_add_norm(x, sublayer=cross_attention, training=training)
         if return_attention_scores:
             x, cross_attention_weights = x
@@ -120,7 +125,7 @@ class DecoderBlock(keras.layers.Layer):
 
         results = (x,)
         if return_attention_scores:
-            results += (cross_attention_weights,)
+            results += ({"self_attention": self_attention_weights, "cross_attention": cross_attention_weights},)
         if self_attention_cache is not None:
             results += (self_attention_cache,)
         return results[0] if len(results) == 1 else results
@@ -157,8 +162,10 @@ class Decoder(keras.layers.Layer):
         token_ids: int `(batch, target_length)`, 0 = padding; `[START]` first.
         encoder_output: `(batch, source_length, d_model)`.
         encoder_padding_mask: bool `(batch, source_length)`.
-        return_attention_scores: also return a list with each block's
-            cross-attention weights `(batch, num_heads, target_length, source_length)`.
+        return_attention_scores: also return each block's attention weights, a
+            dict of lists: "self_attention" `(batch, num_heads, target_length,
+            target_length)` and "cross_attention" `(batch, num_heads,
+            target_length, source_length)`, one per block.
 
     Returns:
         float32 logits `(batch, target_length, vocab_size)`.
@@ -246,7 +253,8 @@ class Decoder(keras.layers.Layer):
             for _ in self.blocks
         )
 
-    def decode_step(self, token_ids, index, self_attention_cache, cross_attention_cache, encoder_padding_mask=None):
+    def decode_step(self, token_ids, index, self_attention_cache, cross_attention_cache, encoder_padding_mask=None,
+                    return_attention_scores=False):
         """One step of incremental decoding: the same blocks as `call`, fed one
         position and the keys/values of the positions before it.
 
@@ -256,24 +264,35 @@ class Decoder(keras.layers.Layer):
             self_attention_cache: from `empty_self_attention_cache` or the last step.
             cross_attention_cache: from `compute_cross_attention_cache`.
             encoder_padding_mask: bool `(batch, source_length)`.
+            return_attention_scores: also return this position's attention
+                weights: a dict of lists, one per block, "self_attention"
+                `(batch, num_heads, cache_length)` (0 after `index`) and
+                "cross_attention" `(batch, num_heads, source_length)`.
 
         Returns:
             `(logits, self_attention_cache)`: float32 logits `(batch, vocab_size)`
-            for the token at position index + 1, and the updated cache.
+            for the token at position index + 1, and the updated cache; then
+            the weights if requested.
         """
         x = self.embedding(token_ids, start_index=index)
         updated = []
+        all_weights = {"self_attention": [], "cross_attention": []}
         for block, block_cache, block_cross_cache in zip(self.blocks, self_attention_cache, cross_attention_cache):
-            x, block_cache = block(
+            x, *weights, block_cache = block(
                 x,
                 encoder_padding_mask=encoder_padding_mask,
                 self_attention_cache=block_cache,
                 cache_update_index=index,
                 cross_attention_cache=block_cross_cache,
+                return_attention_scores=return_attention_scores,
             )
             updated.append(tuple(block_cache))
+            for kind in weights[0] if weights else ():
+                all_weights[kind].append(weights[0][kind][:, :, 0])  # the one query position
         if self.final_norm is not None:
             x = self.final_norm(x)
+        if return_attention_scores:
+            return self.logits(x)[:, 0], tuple(updated), all_weights
         return self.logits(x)[:, 0], tuple(updated)
 
     def call(
@@ -286,7 +305,7 @@ class Decoder(keras.layers.Layer):
     ):
         decoder_padding_mask = padding_mask(token_ids)
         x = self.embedding(token_ids, training=training)
-        all_weights = []
+        all_weights = {"self_attention": [], "cross_attention": []}
         for block in self.blocks:
             x = block(
                 x, encoder_output,
@@ -297,7 +316,8 @@ class Decoder(keras.layers.Layer):
             )
             if return_attention_scores:
                 x, weights = x
-                all_weights.append(weights)
+                for kind in all_weights:
+                    all_weights[kind].append(weights[kind])
         if self.final_norm is not None:
             x = self.final_norm(x)
         logits = self.logits(x)

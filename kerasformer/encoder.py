@@ -22,9 +22,11 @@ class EncoderBlock(keras.layers.Layer):
     Call arguments:
         x: `(batch, source_length, d_model)`.
         padding_mask: bool `(batch, source_length)`, False at padding.
+        return_attention_scores: also return the self-attention weights
+            `(batch, num_heads, source_length, source_length)`.
 
     Returns:
-        `(batch, source_length, d_model)`.
+        `(batch, source_length, d_model)`; then the weights if requested.
     """
 
     def __init__(self, num_heads, d_ff, dropout=0.0, norm_first=False, fused=True, **kwargs):
@@ -55,15 +57,20 @@ class EncoderBlock(keras.layers.Layer):
         )
         self.feed_forward_add_norm.build(x_shape)
 
-    def call(self, x, padding_mask=None, training=None):
+    def call(self, x, padding_mask=None, return_attention_scores=False, training=None):
         def self_attention(x):
-            return self.self_attention(x, x, key_padding_mask=padding_mask, training=training)
+            return self.self_attention(
+                x, x, key_padding_mask=padding_mask, return_attention_scores=return_attention_scores, training=training
+            )
 
         def feed_forward(x):
             return self.feed_forward(x, training=training)
 
         x = self.self_attention_add_norm(x, sublayer=self_attention, training=training)
-        return self.feed_forward_add_norm(x, sublayer=feed_forward, training=training)
+        if return_attention_scores:
+            x, weights = x
+        x = self.feed_forward_add_norm(x, sublayer=feed_forward, training=training)
+        return (x, weights) if return_attention_scores else x
 
     def get_config(self):
         return {
@@ -91,9 +98,11 @@ class Encoder(keras.layers.Layer):
 
     Call arguments:
         token_ids: int `(batch, source_length)`, 0 = padding.
+        return_attention_scores: also return a list with each block's
+            self-attention weights `(batch, num_heads, source_length, source_length)`.
 
     Returns:
-        encoder_output `(batch, source_length, d_model)`.
+        encoder_output `(batch, source_length, d_model)`; then the list if requested.
     """
 
     def __init__(
@@ -136,12 +145,17 @@ class Encoder(keras.layers.Layer):
             )
             self.final_norm.build(x_shape)
 
-    def call(self, token_ids, training=None):
+    def call(self, token_ids, return_attention_scores=False, training=None):
         mask = padding_mask(token_ids)
         x = self.embedding(token_ids, training=training)
+        all_weights = []
         for block in self.blocks:
-            x = block(x, padding_mask=mask, training=training)
-        return x if self.final_norm is None else self.final_norm(x)
+            x = block(x, padding_mask=mask, return_attention_scores=return_attention_scores, training=training)
+            if return_attention_scores:
+                x, weights = x
+                all_weights.append(weights)
+        x = x if self.final_norm is None else self.final_norm(x)
+        return (x, all_weights) if return_attention_scores else x
 
     def get_config(self):
         return {

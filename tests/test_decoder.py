@@ -27,14 +27,17 @@ def test_decoder_block_matches_reference(norm_first):
     np.testing.assert_allclose(out, expected, atol=1e-4)
 
 
-def test_decoder_block_returns_cross_attention_weights_with_padding_at_zero():
+def test_decoder_block_returns_its_attention_weights_with_padding_and_the_future_at_zero():
     block = DecoderBlock(num_heads=4, d_ff=32)
     _, weights = block(
         random(2, 5, 16), random(2, 7, 16, seed=1), encoder_padding_mask=ENCODER_PADDING, return_attention_scores=True
     )
-    weights = numpy(weights)
-    assert weights.shape == (2, 4, 5, 7)
-    assert np.all(weights[1, ..., 4:] == 0)
+    cross, self_attention = numpy(weights["cross_attention"]), numpy(weights["self_attention"])
+    assert cross.shape == (2, 4, 5, 7)
+    assert np.all(cross[1, ..., 4:] == 0)
+    assert self_attention.shape == (2, 4, 5, 5)
+    assert np.all(np.triu(np.ones((5, 5)), k=1)[None, None] * self_attention == 0)  # causal
+    np.testing.assert_allclose(self_attention.sum(-1), 1, rtol=1e-5)
 
 
 @pytest.mark.parametrize("fused", [True, False])

@@ -173,7 +173,7 @@ def test_beam_search_finds_a_better_sequence_than_greedy_when_greedy_is_myopic()
     table[A, :] = np.log(0.1)
     table[A, 0] = -20.0
 
-    def decode_step(token_ids, index, cache, cross_cache, mask=None):
+    def decode_step(token_ids, index, cache, cross_cache, mask=None, return_attention_scores=False):
         return keras.ops.take(keras.ops.convert_to_tensor(table), token_ids[:, 0], axis=0), cache
 
     decoder.decode_step = decode_step
@@ -219,3 +219,74 @@ def test_beam_search_per_row_limits_equal_searching_each_row_alone(copy_model):
     np.testing.assert_array_equal(numpy(tokens), alone)
     alone_scores = [numpy(search(SOURCES[i : i + 1], limit)[1])[0] for i, limit in enumerate(LIMITS)]
     np.testing.assert_allclose(numpy(scores), alone_scores, rtol=1e-4, atol=1e-5)
+
+
+def teacher_forced_attention(model, source, tokens):
+    """The attention weights of one full pass over [START] + each row's output
+    (the tokens a decoding produced), from the layers' own `return_attention_scores`."""
+    decoder_tokens = np.concatenate([np.full((len(tokens), 1), START, "int32"), tokens[:, :-1]], axis=1)
+    decoder_tokens[tokens == 0] = 0  # a row's padding after its last token
+    encoder_output, encoder_weights = model.get_layer("encoder")(source, return_attention_scores=True)
+    _, decoder_weights = model.get_layer("decoder")(
+        decoder_tokens, encoder_output, encoder_padding_mask=source != 0, return_attention_scores=True
+    )
+    stack = lambda weights: np.stack([numpy(w) for w in weights], axis=1)  # noqa: E731
+    return {
+        "encoder_self_attention": stack(encoder_weights),
+        "decoder_self_attention": stack(decoder_weights["self_attention"]),
+        "cross_attention": stack(decoder_weights["cross_attention"]),
+    }
+
+
+def assert_attention_of_the_loop_is_the_teacher_forced_one(model, source, tokens, weights):
+    expected = teacher_forced_attention(model, source, tokens)
+    weights = {kind: numpy(w) for kind, w in weights.items()}
+    np.testing.assert_allclose(weights["encoder_self_attention"], expected["encoder_self_attention"], atol=1e-5)
+    for row, length in enumerate((tokens != 0).sum(axis=1)):
+        for kind in ("decoder_self_attention", "cross_attention"):
+            got, want = weights[kind][row], expected[kind][row]
+            columns = length if kind == "decoder_self_attention" else want.shape[-1]
+            np.testing.assert_allclose(got[:, :, :length, :columns], want[:, :, :length, :columns], atol=1e-5)
+            assert np.all(got[:, :, length:] == 0), "rows after the last token are 0"
+            assert np.all(got[:, :, :, columns:] == 0), "no step attends past itself"
+        np.testing.assert_allclose(weights["cross_attention"][row, :, :, :length].sum(-1), 1, rtol=1e-5)
+
+
+def test_greedy_attention_weights_are_those_of_a_teacher_forced_pass_over_its_output(copy_model):
+    source = np.array([[3, 4, 5, 6, 7], [12, 11, 10, 0, 0], [5, 5, 9, 9, 0]], "int32")
+    limits = np.array([8, 2, 8], "int32")  # the second row stops at its limit, without [END]
+    plain = numpy(greedy_decode(copy_model, source, START, END, max_length=8, limits=limits))
+    tokens, weights = greedy_decode(copy_model, source, START, END, max_length=8, limits=limits,
+                                    return_attention_scores=True)
+    tokens = numpy(tokens)
+    np.testing.assert_array_equal(tokens, plain)  # asking for the weights changes nothing else
+    assert (tokens != 0).sum(axis=1).tolist() == [6, 2, 6]
+    layers, heads = len(copy_model.get_layer("decoder").blocks), copy_model.get_layer("decoder").num_heads
+    assert numpy(weights["cross_attention"]).shape == (3, layers, heads, 8, 5)
+    assert numpy(weights["decoder_self_attention"]).shape == (3, layers, heads, 8, 8)
+    assert numpy(weights["encoder_self_attention"]).shape == (3, layers, heads, 5, 5)
+    assert_attention_of_the_loop_is_the_teacher_forced_one(copy_model, source, tokens, weights)
+
+
+def test_beam_search_attention_weights_are_those_of_its_best_hypothesis(copy_model):
+    source = np.array([[3, 4, 5, 6, 7], [12, 11, 10, 0, 0]], "int32")
+    plain_tokens, plain_scores = beam_search(copy_model, source, START, END, max_length=8, beam_size=3)
+    tokens, scores, weights = beam_search(copy_model, source, START, END, max_length=8, beam_size=3,
+                                          return_attention_scores=True)
+    np.testing.assert_array_equal(numpy(tokens), numpy(plain_tokens))
+    np.testing.assert_allclose(numpy(scores), numpy(plain_scores), rtol=1e-6)
+    assert_attention_of_the_loop_is_the_teacher_forced_one(copy_model, source, numpy(tokens), weights)
+
+
+def test_a_myopic_beam_keeps_the_weights_of_the_hypothesis_it_returns():
+    """When the best hypothesis is not the one greedy follows, its weights come
+    from its own ancestors (gathered with the cache), not from beam 0."""
+    keras.utils.set_random_seed(3)
+    model = build_seq2seq(preset("tiny", source_vocab_size=VOCAB, target_vocab_size=VOCAB, num_layers=1))
+    source = np.random.default_rng(3).integers(3, VOCAB, size=(4, 6)).astype("int32")
+    greedy = numpy(greedy_decode(model, source, START, END, max_length=7))
+    tokens, _, weights = beam_search(model, source, START, END, max_length=7, beam_size=4,
+                                     return_attention_scores=True)
+    tokens = numpy(tokens)
+    assert (tokens != greedy).any(), "an untrained model's beam departs from greedy somewhere"
+    assert_attention_of_the_loop_is_the_teacher_forced_one(model, source, tokens, weights)

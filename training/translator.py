@@ -161,6 +161,7 @@ class Translator:
         _, weights = self.model.get_layer("decoder")(
             decoder_tokens, encoder_output, padding_mask(encoder_tokens), return_attention_scores=True
         )
+        weights = weights["cross_attention"]
         pieces = lambda tokenizer, ids: [tokenizer.id_to_token(int(i)) for i in ids]  # noqa: E731
         return (
             pieces(self.source_tokenizer, source_ids),
