@@ -6,7 +6,7 @@ translated text out, the whole greedy loop inside one graph.
 
 writes `saved_models/NAME/VERSION/`, the layout the model server watches:
 
-    saved_model.pb        the graph and its five signatures (below)
+    saved_model.pb        the graph and its seven signatures (below)
     variables/            the trained weights
     assets/               source.model/.vocab, target.model/.vocab (SentencePiece)
     assets.extra/tf_serving_warmup_requests
@@ -37,6 +37,32 @@ server can merge requests and split the answers (batching/batching_util.h).
     translate_tokens  tokens      int32 [batch, n]        source ids, 0-padded (a row ends at its
                                                           first 0), greedy
                    -> tokens, length as in serving_default
+    translate_attention
+                      text        string [batch]          greedy, as serving_default
+                   -> translation, tokens, length as in serving_default
+                      source_pieces
+                                  string [batch, s]       the source's SentencePiece pieces, "" after
+                      source_length
+                                  int32 [batch]           pieces per row
+                      target_pieces
+                                  string [batch, t]       the generated pieces, [END] included
+                                                          when the row produced it, "" after
+                      target_length
+                                  int32 [batch]           decoding steps per row (pieces)
+                      encoder_self_attention
+                                  float32 [batch, encoder layers, heads, s, s]
+                      decoder_self_attention
+                                  float32 [batch, decoder layers, heads, t, t]
+                      cross_attention
+                                  float32 [batch, decoder layers, heads, t, s]
+                                  the weights of the decoding itself (the cached loop's, step
+                                  by step); row i of the decoder's is the step that generated
+                                  target piece i, whose query is the piece before it ([START]
+                                  for i = 0); -1 in every row and column past a row's length
+    translate_beam_attention
+                      text        string [batch]          beam search, as translate_beam
+                   -> the outputs of translate_attention, for each row's best hypothesis,
+                      and score as in translate_beam
 
 The signatures without a max_length input stop each row at ceil(a * source ids + b)
 target ids, the run's length rule (config.json "decoding", fitted to the training pairs:
@@ -84,6 +110,7 @@ DEFAULT_BASE_DIR = "saved_models"
 BEAM_SIZE, ALPHA = 4, 0.6
 SIGNATURES = (
     "serving_default", "translate_max_length", "translate_beam", "translate_beam_max_length", "translate_tokens",
+    "translate_attention", "translate_beam_attention",
 )
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 # Replayed by the model server at load time (one batch of mixed lengths), with one
@@ -270,6 +297,8 @@ def write_warmup_requests(saved_model_dir, model_name):
         "translate_beam": {"text": text},
         "translate_beam_max_length": {"text": text, "max_length": max_length},
         "translate_tokens": {"tokens": tf.make_tensor_proto([list(row) for row in WARMUP_TOKENS], dtype=tf.int32)},
+        "translate_attention": {"text": text},
+        "translate_beam_attention": {"text": text},
     }
     assert tuple(inputs) == SIGNATURES
     with tf.io.TFRecordWriter(path) as writer:

@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the SentencePiece ops, as the model server links them)
 
@@ -79,8 +80,11 @@ def _feeds(inputs):
 
 
 def to_json(value):
+    """A fetched array as JSON values, nested as its shape; strings decoded from UTF-8."""
     if value.dtype == object:
-        return [v.decode("utf-8") for v in value.reshape(-1)]
+        if value.ndim == 0:
+            return value.item().decode("utf-8")
+        return [to_json(v) if isinstance(v, np.ndarray) else v.decode("utf-8") for v in value]
     return value.tolist()
 
 

@@ -1,6 +1,9 @@
 """The `tf.Module` that becomes the SavedModel: tokenizer -> encoder -> cached
-greedy loop or beam search -> detokenizer, as five `tf.function` signatures
-(the table is in `kerasformer.export.exporter`).
+greedy loop or beam search -> detokenizer, as seven `tf.function` signatures
+(the table is in `kerasformer.export.exporter`). Two of them also return the
+attention weights of the decoding they did (`translate_attention`,
+`translate_beam_attention`); the others trace the loops without them, so they
+cost what they cost before those two existed.
 
 Every input has a leading batch dimension and no signature has defaults: the
 model server's REST API honours no SignatureDef defaults (util/json_tensor.cc
@@ -20,6 +23,10 @@ import tensorflow as tf
 from kerasformer.decoding import beam_search, greedy_decode
 from kerasformer.training.text_rules import length_limit, strip_end, truncate_source
 from kerasformer.training.tokenizers import END_ID, PAD_ID, START_ID, load_tokenizer
+
+# Marks the rows and columns of an attention output that are not part of the sentence:
+# padding (of a row shorter than the batch's longest), and decoding steps after the last.
+PADDED = -1.0
 
 
 class TranslationModule(tf.Module):
@@ -99,11 +106,21 @@ class TranslationModule(tf.Module):
         def translate_tokens(tokens):
             return self.decode(tokens, None)
 
+        @tf.function(input_signature=[text_spec])
+        def translate_attention(text):
+            return self.translate(text, None, attention=True)
+
+        @tf.function(input_signature=[text_spec])
+        def translate_beam_attention(text):
+            return self.translate(text, None, beam=True, attention=True)
+
         self.serving_default = serving_default
         self.translate_max_length = translate_max_length
         self.translate_beam = translate_beam
         self.translate_beam_max_length = translate_beam_max_length
         self.translate_tokens = translate_tokens
+        self.translate_attention = translate_attention
+        self.translate_beam_attention = translate_beam_attention
 
     def checked_max_length(self, max_length, text):
         """The `max_length` input, checked: int32 `(batch,)` in [1, decoder max_length].
@@ -127,19 +144,20 @@ class TranslationModule(tf.Module):
         with tf.control_dependencies(checks):
             return tf.minimum(max_length, self.max_target_length)
 
-    def translate(self, text, max_length, beam=False):
-        """string `(batch,)` -> {translation, tokens, length} (+ score with `beam`);
+    def translate(self, text, max_length, beam=False, attention=False):
+        """string `(batch,)` -> {translation, tokens, length} (+ score with `beam`,
+        + the pieces and weights of `attention_outputs` with `attention`);
         `max_length` None or int32 `(batch,)` (see `decode`)."""
         source = truncate_source(self.source_tokenizer(text), self.max_source_length)
         encoder_tokens = source.to_tensor(default_value=PAD_ID)
         if_all_empty = [[0, 0], [0, tf.maximum(1 - tf.shape(encoder_tokens)[1], 0)]]
         encoder_tokens = tf.pad(encoder_tokens, if_all_empty)  # at least one (pad) column
-        outputs = self.decode(encoder_tokens, max_length, beam)
+        outputs = self.decode(encoder_tokens, max_length, beam, attention)
         ids = tf.RaggedTensor.from_tensor(outputs["tokens"], lengths=outputs["length"])
         translation = self.target_tokenizer.detokenize(ids)
         return {"translation": tf.reshape(translation, [-1]), **outputs}
 
-    def decode(self, encoder_tokens, max_length, beam=False):
+    def decode(self, encoder_tokens, max_length, beam=False, attention=False):
         """int `(batch, source_length)` -> tokens int32 `(batch, width)` without
         [END], 0-padded to the longest row, and length int32 `(batch,)`; with
         `beam`, beam search instead of greedy decoding, and score float32
@@ -170,14 +188,55 @@ class TranslationModule(tf.Module):
             if self.length_rule is not None:
                 source_lengths = tf.reduce_sum(tf.cast(encoder_tokens != PAD_ID, tf.int32), axis=1)
                 limits = length_limit(source_lengths, (self.length_a, self.length_b), max_length)
-        scores = {}
+        scores, weights = {}, None
         if beam:
-            tokens, scores["score"] = beam_search(
-                self.model, encoder_tokens, START_ID, END_ID, max_length, self.beam_size, self.alpha, limits=limits)
+            tokens, scores["score"], *weights = beam_search(
+                self.model, encoder_tokens, START_ID, END_ID, max_length, self.beam_size, self.alpha, limits=limits,
+                return_attention_scores=attention)
         else:
-            tokens = greedy_decode(self.model, encoder_tokens, START_ID, END_ID, max_length, limits=limits)
+            tokens = greedy_decode(self.model, encoder_tokens, START_ID, END_ID, max_length, limits=limits,
+                                   return_attention_scores=attention)
+            if attention:
+                tokens, *weights = tokens
+        extra = self.attention_outputs(encoder_tokens, tokens, weights[0]) if attention else {}
         tokens, length = strip_end(tokens)
-        return {"tokens": tokens, "length": length, **scores}
+        return {"tokens": tokens, "length": length, **scores, **extra}
+
+    def attention_outputs(self, encoder_tokens, tokens, weights):
+        """The attention outputs of `translate_attention` (table in
+        `kerasformer.export.exporter`): the pieces on each axis, and the weights
+        cut to the longest row, with PADDED (-1) in every row and column that is
+        not part of its sentence.
+
+        Args:
+            encoder_tokens: int32 `(batch, source_length)`, 0-padded.
+            tokens: int32 `(batch, loop_length)`, the decoding's rows with [END].
+            weights: the dict of `greedy_decode(..., return_attention_scores=True)`.
+        """
+        source_length = tf.reduce_sum(tf.cast(encoder_tokens != PAD_ID, tf.int32), axis=1)
+        target_length = tf.reduce_sum(tf.cast(tokens != PAD_ID, tf.int32), axis=1)  # steps, [END] included
+        width = tf.reduce_max(tf.concat([target_length, [0]], axis=0))
+        tokens = tokens[:, :width]
+        in_source = tf.sequence_mask(source_length, tf.shape(encoder_tokens)[1])
+        in_target = tf.sequence_mask(target_length, width)
+
+        def marked(values, rows, columns):  # (batch, layers, heads, rows, columns)
+            inside = tf.logical_and(rows[:, None, None, :, None], columns[:, None, None, None, :])
+            return tf.where(inside, values, PADDED)
+
+        def pieces(tokenizer, ids, inside):
+            return tf.where(inside, tokenizer._sentence_piece.id_to_string(ids), "")
+
+        return {
+            "source_pieces": pieces(self.source_tokenizer, encoder_tokens, in_source),
+            "source_length": source_length,
+            "target_pieces": pieces(self.target_tokenizer, tokens, in_target),
+            "target_length": target_length,
+            "encoder_self_attention": marked(weights["encoder_self_attention"], in_source, in_source),
+            "decoder_self_attention": marked(weights["decoder_self_attention"][:, :, :, :width, :width],
+                                             in_target, in_target),
+            "cross_attention": marked(weights["cross_attention"][:, :, :, :width], in_target, in_source),
+        }
 
 
 def _exportable(tokenizer, side):

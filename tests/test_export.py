@@ -49,12 +49,19 @@ LIMITS = [3, 1, 40, 5]
 STRING, INT32, FLOAT = tf.string.as_datatype_enum, tf.int32.as_datatype_enum, tf.float32.as_datatype_enum
 TEXT_OUTPUTS = {"translation": (STRING, 1), "tokens": (INT32, 2), "length": (INT32, 1)}
 BEAM_OUTPUTS = {**TEXT_OUTPUTS, "score": (FLOAT, 1)}
+ATTENTION_OUTPUTS = {
+    **TEXT_OUTPUTS, "source_pieces": (STRING, 2), "source_length": (INT32, 1), "target_pieces": (STRING, 2),
+    "target_length": (INT32, 1), "encoder_self_attention": (FLOAT, 5), "decoder_self_attention": (FLOAT, 5),
+    "cross_attention": (FLOAT, 5),
+}
 SIGNATURE_TABLE = {
     "serving_default": ({"text": (STRING, 1)}, TEXT_OUTPUTS),
     "translate_max_length": ({"text": (STRING, 1), "max_length": (INT32, 1)}, TEXT_OUTPUTS),
     "translate_beam": ({"text": (STRING, 1)}, BEAM_OUTPUTS),
     "translate_beam_max_length": ({"text": (STRING, 1), "max_length": (INT32, 1)}, BEAM_OUTPUTS),
     "translate_tokens": ({"tokens": (INT32, 2)}, {"tokens": (INT32, 2), "length": (INT32, 1)}),
+    "translate_attention": ({"text": (STRING, 1)}, ATTENTION_OUTPUTS),
+    "translate_beam_attention": ({"text": (STRING, 1)}, {**ATTENTION_OUTPUTS, "score": (FLOAT, 1)}),
 }
 
 
@@ -101,6 +108,8 @@ def session_answers(exported, tmp_path_factory):
         {"signature": "translate_tokens", "inputs": {"tokens": SOURCE_IDS}},
         {"signature": "translate_beam", "inputs": {"text": TEXTS}},
         {"signature": "translate_beam_max_length", "inputs": {"text": TEXTS, "max_length": LIMITS}},
+        {"signature": "translate_attention", "inputs": {"text": TEXTS}},
+        {"signature": "translate_beam_attention", "inputs": {"text": TEXTS}},
     ]
     path = tmp_path_factory.mktemp("requests") / "requests.json"
     path.write_text(json.dumps(requests))
@@ -169,7 +178,7 @@ def test_warmup_requests_replay_through_the_signature_defs(exported):
     # As the model server replays them at load (through Predict, which checks the inputs).
     answer = run_session_check(exported[0], "--warmup")
     assert answer["signatures"] == list(SIGNATURES)
-    assert [len(result["length"]) for result in answer["results"]] == [3, 3, 3, 3, 2]
+    assert [len(result["length"]) for result in answer["results"]] == [3, 3, 3, 3, 2, 3, 3]
 
 
 def test_session_loader_answers_exactly_what_translate_answers(session_answers, translator):
@@ -238,6 +247,59 @@ def test_translate_beam_signatures_equal_in_process_beam_search(session_answers,
     assert limited["translation"][2] == unlimited.translate(TEXTS)[2]
 
 
+def teacher_forced_weights(model, source_rows, target_rows):
+    """The attention weights of one full pass of the Keras model over [START] + each target row
+    (a decoding's output, [END] included): (encoder self, decoder self, cross), each
+    (batch, layers, heads, rows, columns), 0-padded to the longest row."""
+    source = np.zeros((len(source_rows), max(1, max(map(len, source_rows)))), "int32")
+    decoder_tokens = np.zeros((len(target_rows), max(map(len, target_rows))), "int32")
+    for row, (ids, target) in enumerate(zip(source_rows, target_rows)):
+        source[row, : len(ids)] = ids
+        decoder_tokens[row, : len(target)] = [START_ID, *target[:-1]]
+    encoder_output, encoder_weights = model.get_layer("encoder")(source, return_attention_scores=True)
+    _, weights = model.get_layer("decoder")(decoder_tokens, encoder_output, encoder_padding_mask=source != 0,
+                                            return_attention_scores=True)
+    stack = lambda layers: np.stack([keras.ops.convert_to_numpy(w) for w in layers], axis=1)  # noqa: E731
+    return stack(encoder_weights), stack(weights["self_attention"]), stack(weights["cross_attention"])
+
+
+@pytest.mark.parametrize("signature", ["translate_attention", "translate_beam_attention"])
+def test_attention_signatures_return_the_weights_of_the_decoding_they_did(session_answers, run_dir, signature):
+    """The weights the cached loop computed step by step equal a teacher-forced pass over the
+    translation it returned; pieces label both axes; -1 marks what is not part of a sentence."""
+    index = 5 if signature == "translate_attention" else 6
+    answer = session_answers["results"][index]
+    translator = Translator.from_run(run_dir, beam_size=4 if "beam" in signature else 1, alpha=0.6)
+    plain = session_answers["results"][0 if index == 5 else 3]
+    assert answer["translation"] == plain["translation"] and answer["tokens"] == plain["tokens"]
+    sources = translator.encode(TEXTS)
+    assert answer["source_length"] == [len(ids) for ids in sources]
+    targets = []
+    for row, (length, steps) in enumerate(zip(answer["length"], answer["target_length"])):
+        ended = steps == length + 1  # the row produced [END]: one more step than tokens
+        assert ended or steps == length, (length, steps)
+        targets.append(answer["tokens"][row][:length] + ([END_ID] if ended else []))
+        assert answer["target_pieces"][row][:steps] == [translator.target_tokenizer.id_to_token(t)
+                                                         for t in targets[-1]]
+        assert answer["source_pieces"][row][: len(sources[row])] == [
+            translator.source_tokenizer.id_to_token(t) for t in sources[row]]
+        assert not any(answer["target_pieces"][row][steps:]) and not any(answer["source_pieces"][row][len(sources[row]):])
+    expected = teacher_forced_weights(translator.model, sources, targets)
+    for kind, want in zip(("encoder_self_attention", "decoder_self_attention", "cross_attention"), expected):
+        got = np.array(answer[kind], "float32")
+        layers, heads = want.shape[1:3]
+        assert got.shape[:3] == (len(TEXTS), layers, heads), kind
+        for row, (source, target) in enumerate(zip(sources, targets)):
+            rows, columns = {"encoder_self_attention": (len(source), len(source)),
+                             "decoder_self_attention": (len(target), len(target)),
+                             "cross_attention": (len(target), len(source))}[kind]
+            np.testing.assert_allclose(got[row, :, :, :rows, :columns], want[row, :, :, :rows, :columns],
+                                       atol=1e-5, err_msg=f"{kind}, row {row}")
+            assert np.all(got[row, :, :, rows:] == -1) and np.all(got[row, :, :, :, columns:] == -1), (kind, row)
+            if rows and columns and kind != "decoder_self_attention":
+                np.testing.assert_allclose(got[row, :, :, :rows, :columns].sum(-1), 1, rtol=1e-5)
+
+
 # Merged batches, on an export whose rows are told apart: an untrained model of the
 # tiny run's shape (the trained tiny model answers nearly the same for every source).
 
@@ -304,10 +366,14 @@ def test_a_merged_batch_answers_each_request_as_alone(untrained, name):
         alone = call(signature, request)
         for key, value in alone.items():
             part = merged[key][rows]
-            if key == "tokens":  # the merged answer is as wide as its longest row; the rest is 0
-                width = value.shape[1]
-                np.testing.assert_array_equal(part[:, :width], value, err_msg=name)
-                assert not part[:, width:].any(), name
+            if value.ndim > 1:  # the merged answer is as wide as its longest row; the rest is padding
+                inside = tuple(slice(0, n) for n in value.shape)
+                padding = {"tokens": 0, "source_pieces": b"", "target_pieces": b""}.get(key, -1)
+                compare = np.testing.assert_array_equal if value.dtype != np.float32 else np.testing.assert_allclose
+                compare(part[inside], value, **({"atol": 1e-6} if value.dtype == np.float32 else {}), err_msg=f"{name} {key}")
+                outside = np.ones(part.shape, bool)
+                outside[inside] = False
+                assert np.all(part[outside] == padding), (name, key)
             elif key == "score":
                 np.testing.assert_allclose(part, value, rtol=1e-5, err_msg=name)
             else:
