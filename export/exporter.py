@@ -8,7 +8,9 @@ writes `saved_models/NAME/VERSION/`, the layout the model server watches:
 
     saved_model.pb        the graph and its seven signatures (below)
     variables/            the trained weights
-    assets/               source.model/.vocab, target.model/.vocab (SentencePiece)
+    assets/               source.model/.vocab, target.model/.vocab (SentencePiece), and
+                          config.json, the run's (`kerasformer.export.recover` makes a run
+                          folder from an export again, for a later exporter's signatures)
     assets.extra/tf_serving_warmup_requests
                           PredictionLogs the server replays before taking traffic
 
@@ -192,16 +194,19 @@ def export_run(
         beam_size=beam_size,
         alpha=alpha,
         length_rule=run.length_rule(),
+        run_config=run.config_file if os.path.exists(run.config_file) else None,
     )
 
 
 def export_model(model, source_model, target_model, model_dir, version=None, max_length=None, warmup=True,
-                 beam_size=BEAM_SIZE, alpha=ALPHA, length_rule=None):
+                 beam_size=BEAM_SIZE, alpha=ALPHA, length_rule=None, run_config=None):
     """Exports a `build_seq2seq` model with its SentencePiece model files
     (`.model`, a `.vocab` listing beside each is copied too) to
     `model_dir/version/` atomically; returns that path. TensorFlow backend only.
     `max_length`, `beam_size`, `alpha`: as in `export_run`; `length_rule`: the run's
-    `(a, b)` (`translation_module.TranslationModule`).
+    `(a, b)` (`translation_module.TranslationModule`); `run_config`: the run's config.json,
+    kept as `assets/config.json`, so that the export can be made again from itself
+    (`kerasformer.export.recover`).
 
     Raises `ExportError` when the disk (or quota) is full; the versions already
     there are untouched and nothing of this one is left."""
@@ -230,6 +235,8 @@ def export_model(model, source_model, target_model, model_dir, version=None, max
                     listing = os.path.splitext(path)[0] + ".vocab"
                     if os.path.exists(listing):
                         shutil.copyfile(listing, os.path.join(vocabularies, f"{side}.vocab"))
+                if run_config is not None:
+                    shutil.copyfile(run_config, os.path.join(vocabularies, "config.json"))
                 module = TranslationModule(model, vocabularies, max_length, beam_size, alpha, length_rule)
                 tf.saved_model.save(module, staging, signatures={name: getattr(module, name) for name in SIGNATURES})
                 check_servable_ops(staging)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up .venv and runs the test suite once per Keras backend. Tests marked
+# Sets up .venv (and headless Chromium, tests/install_browser.sh) and runs the test suite once
+# per Keras backend. Tests marked
 # backend_independent (the REST server, the corpus reader: nothing in them
 # depends on KERAS_BACKEND) run in the first pass only.
 # Extra arguments go to pytest (e.g. `bash tests/run.sh -m slow`). Each pass ends with its 25
@@ -7,6 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash training/setup_venv.sh
+# The attention page's tests drive headless Chromium from the operating system's packages.
+bash tests/install_browser.sh
 first=1
 for backend in ${KERASFORMER_BACKENDS:-tensorflow jax torch}; do
     echo "=== KERAS_BACKEND=$backend ==="

@@ -61,7 +61,9 @@ def test_the_wheel_holds_one_top_level_package(installed):
     tops = {name.split("/")[0] for name in names if not name.split("/")[0].endswith((".dist-info", ".data"))}
     assert tops == {"kerasformer"}
     for data in ("kerasformer/training/corpus/en-es/train.tsv.gz", "kerasformer/training/configs/small_en_es.toml",
-                 "kerasformer/export/serving/openapi.json", "kerasformer/export/serving/config/models.config"):
+                 "kerasformer/export/serving/openapi.json", "kerasformer/export/serving/config/models.config",
+                 "kerasformer/export/serving/static/attention.html", "kerasformer/export/serving/static/attention.js",
+                 "kerasformer/export/serving/static/attention.css"):
         assert data in names
 
 

@@ -41,8 +41,11 @@ REST (`model_servers/http_server.cc`, `http_rest_api_handler.cc`, `http_rest_api
 This server's extensions, none of which the real server has:
 
 - `--max_request_bytes` (1 MiB): a larger body gets 413 (the real server reads any size).
-- `GET /kerasformer/stats` (requests, graph calls, batching) and `GET /kerasformer/openapi.json`
-  (the OpenAPI 3.1 description, export/serving/openapi.py).
+- `GET /kerasformer/stats` (requests, graph calls, batching, the models served) and
+  `GET /kerasformer/openapi.json` (the OpenAPI 3.1 description, export/serving/openapi.py).
+- `GET /kerasformer/attention/`: the attention page (export/serving/static/: one HTML file, one
+  stylesheet, one script; no build step, nothing from another site). It is a client of the REST
+  API like any other, so it works against the real server too (README, "See the attention").
 - `--host` (127.0.0.1): the address to listen on; the real server listens on every interface.
 - `--all_models_under=FOLDER`: serve every model folder under FOLDER (FOLDER/NAME/VERSION/),
   including ones that appear later.
@@ -528,6 +531,8 @@ class ServingApp:
             return self.prometheus(uri_path)
         if path in ("/kerasformer/stats", "/kerasformer/openapi.json"):
             return self.extension(method, path)
+        if path == PAGE_PATH.rstrip("/") or path.startswith(PAGE_PATH):
+            return static_file(method, path)
         if not DISPATCH_PATH.fullmatch(uri_path):
             return evhttp_error_page(404)
         return await self.dispatch(method, uri_path, scope, receive)
@@ -620,6 +625,33 @@ class ServingApp:
             "models": {name: model.version for name, model in loaded.items()},
         }
         return 200, JSON_HEADERS, json.dumps(stats).encode()
+
+
+PAGE_PATH = "/kerasformer/attention/"
+STATIC_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+STATIC_TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
+                ".js": "text/javascript; charset=utf-8"}
+# The page loads only its own files; it may talk to any REST address the user types.
+PAGE_HEADERS = [("X-Content-Type-Options", "nosniff"), ("Cache-Control", "no-cache"),
+                ("Content-Security-Policy", "default-src 'self'; connect-src *; img-src 'self' data:; "
+                                            "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'")]
+
+
+def static_file(method, path):
+    """The attention page's files: `PAGE_PATH` is attention.html, `PAGE_PATH + NAME` one of the
+    files in static/ (no other path: NAME is looked up among them, never joined to a path)."""
+    if method not in ("GET", "HEAD"):
+        return 405, JSON_HEADERS + [("Allow", "GET")], format_error(f"Method Not Allowed: {method} {path}")
+    if path == PAGE_PATH.rstrip("/"):
+        return 308, [("Location", PAGE_PATH)], b""
+    name = path[len(PAGE_PATH):] or "attention.html"
+    kinds = {n: STATIC_TYPES[os.path.splitext(n)[1]] for n in os.listdir(STATIC_FOLDER)
+             if os.path.splitext(n)[1] in STATIC_TYPES}
+    if name not in kinds:
+        return evhttp_error_page(404)
+    with open(os.path.join(STATIC_FOLDER, name), "rb") as file:
+        body = file.read()
+    return 200, [("Content-Type", kinds[name]), *PAGE_HEADERS], b"" if method == "HEAD" else body
 
 
 def _header(scope, name):
