@@ -134,9 +134,11 @@ def capture(driver, out, hover=(1, 1), width=1500, panel=1):
     return out
 
 
-def screenshot(base_path, model, text, out, decoding="greedy", hover=(1, 1), width=1500, height=1100, dark=False):
+def screenshot(base_path, model, text, out, decoding="greedy", hover=(1, 1), width=1500, height=1100, dark=False,
+               kind="cross_attention"):
     """Serves `base_path` with kerasformer-serve, translates `text` on the page and writes a PNG."""
     sys.path.insert(0, HERE)
+    from selenium.webdriver.common.by import By
     from serving_helpers import ServerProcess
 
     with tempfile.TemporaryDirectory() as folder:
@@ -147,6 +149,7 @@ def screenshot(base_path, model, text, out, decoding="greedy", hover=(1, 1), wid
             message = translate(driver, text, decoding, model=model)
             if message:
                 raise RuntimeError(message)
+            driver.find_element(By.CSS_SELECTOR, f"[data-kind={kind}]").click()
             capture(driver, out, hover, width)
         finally:
             driver.quit()
@@ -162,10 +165,13 @@ def main(argv=None):
     parser.add_argument("--decoding", default="greedy", choices=["greedy", "beam"])
     parser.add_argument("--hover", default="1,1", help="row,column of the cell to hover")
     parser.add_argument("--dark", action="store_true")
+    parser.add_argument("--kind", default="cross_attention",
+                        choices=["cross_attention", "decoder_self_attention", "encoder_self_attention"])
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     hover = tuple(int(x) for x in args.hover.split(","))
-    print(screenshot(args.base_path, args.model, args.text, args.out, args.decoding, hover, dark=args.dark))
+    print(screenshot(args.base_path, args.model, args.text, args.out, args.decoding, hover, dark=args.dark,
+                     kind=args.kind))
 
 
 if __name__ == "__main__":
