@@ -7,14 +7,13 @@ of this version of kerasformer-export) when its training run is gone:
 
 writes RUN_DIR/best.keras (the model built from the run's config, with the export's weights),
 RUN_DIR/tokenizers/ (the export's SentencePiece models) and RUN_DIR/config.json. The config is
-the export's own `assets/config.json` (exports write it since kerasformer 0.x), or `--config`
+the export's own `assets/config.json` (exports written since 2026-12-02 carry it), or `--config`
 for an older export. The weights are the variables the export's module tracks
 (`TranslationModule.model_variables`, in the order of `model.variables`); each is checked
 against the model's shape, and the recovered model is checked to decode what the export
 decodes before anything is written.
 """
 
-import argparse
 import json
 import os
 import shutil
@@ -69,7 +68,6 @@ def recover_run(export_dir, run_dir, config_path=None, check_texts=("In the begi
     atomic_save(os.path.join(run_dir, "best.keras"), model.save)
     atomic_write(os.path.join(run_dir, "config.json"),
                  json.dumps({**config, "recovered_from": os.path.abspath(export_dir)}, indent=2).encode("utf-8"))
-    keras.backend.clear_session()
     return run_dir
 
 

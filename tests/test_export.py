@@ -603,3 +603,37 @@ def test_the_shipped_model_server_config_files_parse():
     batching = parse_batching_parameters(open(os.path.join(folder, "batching_parameters.txt")).read())
     assert batching == batching_parameters(max_batch_size=32, batch_timeout_micros=5000, max_enqueued_batches=100,
                                           num_batch_threads=2, pad_variable_length_inputs=True)
+
+
+@pytest.mark.backend_independent  # kerasformer-recover runs under TensorFlow, as the exporter does
+def test_an_export_gives_back_its_run_and_exports_again_the_same(exported, tmp_path):
+    """kerasformer-recover: the run folder rebuilt from an export (its assets/config.json, its
+    variables, its tokenizers) exports again to a SavedModel that answers the same."""
+    from kerasformer.export.recover import recover_run
+
+    run_dir = recover_run(exported[0], str(tmp_path / "run"))
+    assert sorted(os.listdir(os.path.join(run_dir, "tokenizers"))) == ["source.model", "source.vocab", "target.model",
+                                                                          "target.vocab"]
+    again = export_run(run_dir, "tiny", base_dir=str(tmp_path / "saved_models"), warmup=False)
+    old, new = tf.saved_model.load(exported[0]), tf.saved_model.load(again)
+    for name in ("serving_default", "translate_beam"):
+        a, b = (call(model.signatures[name], {"text": TEXTS}) for model in (old, new))
+        np.testing.assert_array_equal(a["tokens"], b["tokens"], err_msg=name)
+        np.testing.assert_array_equal(a["translation"], b["translation"], err_msg=name)
+
+
+@pytest.mark.backend_independent
+def test_recovering_an_export_without_its_config_says_what_to_give(exported, tmp_path):
+    from kerasformer.export.recover import recover_run
+
+    copy = tmp_path / "old"
+    shutil.copytree(exported[0], copy)
+    os.remove(copy / "assets" / "config.json")
+    with pytest.raises(FileNotFoundError, match="has no assets/config.json .* give the run's config.json with --config"):
+        recover_run(str(copy), str(tmp_path / "run"))
+    wrong = tmp_path / "wrong.json"
+    config = json.load(open(os.path.join(exported[0], "assets", "config.json")))
+    config["model"]["num_layers"] += 1
+    wrong.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="model variables; the config's model has"):
+        recover_run(str(copy), str(tmp_path / "run"), str(wrong))
