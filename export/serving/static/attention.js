@@ -449,6 +449,17 @@ function start() {
     }
   });
   $("version").addEventListener("change", () => hideMessage());
+  $("model").addEventListener("change", async () => {
+    // Another model: its own versions (a version number of the last one may not exist here).
+    $("version").replaceChildren(new Option("latest", ""));
+    $("server-status").textContent = "";
+    if (!modelName()) return;
+    try {
+      await loadVersions();
+    } catch (error) {
+      showMessage(explain(error));
+    }
+  });
   $("kinds").addEventListener("click", (event) => {
     if (event.target.dataset && event.target.dataset.kind) setKind(event.target.dataset.kind);
   });
