@@ -59,3 +59,23 @@ def random_tokens(rng, batch, length, vocab_size, pad_from=None):
         for row, start in enumerate(pad_from):
             tokens[row, start:] = 0
     return tokens
+
+
+def teacher_forced_attention(model, encoder_tokens, tokens, start_id):
+    """The attention weights of one full pass of `model` over [START] + each row's output (the
+    tokens a decoding produced, [END] included, 0-padded), from the layers' own
+    `return_attention_scores`: a dict of "encoder_self_attention", "decoder_self_attention",
+    "cross_attention", each NumPy `(batch, layers, heads, rows, columns)`."""
+    tokens = np.asarray(tokens, "int32")
+    decoder_tokens = np.concatenate([np.full((len(tokens), 1), start_id, "int32"), tokens[:, :-1]], axis=1)
+    decoder_tokens[tokens == 0] = 0  # a row's padding after its last token
+    encoder_output, encoder_weights = model.get_layer("encoder")(encoder_tokens, return_attention_scores=True)
+    _, decoder_weights = model.get_layer("decoder")(
+        decoder_tokens, encoder_output, encoder_padding_mask=encoder_tokens != 0, return_attention_scores=True
+    )
+    stack = lambda weights: np.stack([numpy(w) for w in weights], axis=1)  # noqa: E731
+    return {
+        "encoder_self_attention": stack(encoder_weights),
+        "decoder_self_attention": stack(decoder_weights["self_attention"]),
+        "cross_attention": stack(decoder_weights["cross_attention"]),
+    }

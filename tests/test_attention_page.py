@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from attention_page import capture, chromium, hover_cell, open_page, translate, wait
 from serving_helpers import ServerProcess, http, save_fake_model
+from test_train import chinese_english_config
 
 from kerasformer.export.exporter import export_run
-from kerasformer.training.config import TrainConfig
 from kerasformer.training.train import train
 
 pytestmark = pytest.mark.backend_independent
@@ -35,13 +35,7 @@ def models(tmp_path_factory):
     """A folder of model folders: zh_en/1 (a tiny Chinese -> English export) and fake/1 (an
     export without the attention signatures)."""
     folder = tmp_path_factory.mktemp("page")
-    corpus = folder / "zh-en.tsv"
-    corpus.write_text("".join(f"{zh}\t{en}\n" for zh, en in ZH_EN * 12), encoding="utf-8")
-    config = TrainConfig(
-        run_dir=str(folder / "run"), preset="tiny", train_file=str(corpus), validation_file=str(corpus),
-        test_file=str(corpus), vocabulary_size=60, batch_tokens=256, epochs=30, warmup_steps=30, patience=100,
-        label_smoothing=0.0, model={"dropout": 0.0},
-    )
+    config = chinese_english_config(folder, ZH_EN, epochs=30)
     keras.utils.set_random_seed(0)
     train(config)
     base = folder / "saved_models"

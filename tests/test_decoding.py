@@ -1,7 +1,7 @@
 import keras
 import numpy as np
 import pytest
-from conftest import numpy
+from conftest import numpy, teacher_forced_attention
 
 from kerasformer import build_seq2seq, preset
 from kerasformer.decoding import beam_search, best_token, greedy_decode, length_penalty, sequence_score
@@ -221,25 +221,8 @@ def test_beam_search_per_row_limits_equal_searching_each_row_alone(copy_model):
     np.testing.assert_allclose(numpy(scores), alone_scores, rtol=1e-4, atol=1e-5)
 
 
-def teacher_forced_attention(model, source, tokens):
-    """The attention weights of one full pass over [START] + each row's output
-    (the tokens a decoding produced), from the layers' own `return_attention_scores`."""
-    decoder_tokens = np.concatenate([np.full((len(tokens), 1), START, "int32"), tokens[:, :-1]], axis=1)
-    decoder_tokens[tokens == 0] = 0  # a row's padding after its last token
-    encoder_output, encoder_weights = model.get_layer("encoder")(source, return_attention_scores=True)
-    _, decoder_weights = model.get_layer("decoder")(
-        decoder_tokens, encoder_output, encoder_padding_mask=source != 0, return_attention_scores=True
-    )
-    stack = lambda weights: np.stack([numpy(w) for w in weights], axis=1)  # noqa: E731
-    return {
-        "encoder_self_attention": stack(encoder_weights),
-        "decoder_self_attention": stack(decoder_weights["self_attention"]),
-        "cross_attention": stack(decoder_weights["cross_attention"]),
-    }
-
-
 def assert_attention_of_the_loop_is_the_teacher_forced_one(model, source, tokens, weights):
-    expected = teacher_forced_attention(model, source, tokens)
+    expected = teacher_forced_attention(model, source, tokens, START)
     weights = {kind: numpy(w) for kind, w in weights.items()}
     np.testing.assert_allclose(weights["encoder_self_attention"], expected["encoder_self_attention"], atol=1e-5)
     for row, length in enumerate((tokens != 0).sum(axis=1)):

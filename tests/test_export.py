@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import teacher_forced_attention
 from serving_helpers import ServerProcess, http, wait_for
 from test_train import tiny_config
 
@@ -247,20 +248,12 @@ def test_translate_beam_signatures_equal_in_process_beam_search(session_answers,
     assert limited["translation"][2] == unlimited.translate(TEXTS)[2]
 
 
-def teacher_forced_weights(model, source_rows, target_rows):
-    """The attention weights of one full pass of the Keras model over [START] + each target row
-    (a decoding's output, [END] included): (encoder self, decoder self, cross), each
-    (batch, layers, heads, rows, columns), 0-padded to the longest row."""
-    source = np.zeros((len(source_rows), max(1, max(map(len, source_rows)))), "int32")
-    decoder_tokens = np.zeros((len(target_rows), max(map(len, target_rows))), "int32")
-    for row, (ids, target) in enumerate(zip(source_rows, target_rows)):
-        source[row, : len(ids)] = ids
-        decoder_tokens[row, : len(target)] = [START_ID, *target[:-1]]
-    encoder_output, encoder_weights = model.get_layer("encoder")(source, return_attention_scores=True)
-    _, weights = model.get_layer("decoder")(decoder_tokens, encoder_output, encoder_padding_mask=source != 0,
-                                            return_attention_scores=True)
-    stack = lambda layers: np.stack([keras.ops.convert_to_numpy(w) for w in layers], axis=1)  # noqa: E731
-    return stack(encoder_weights), stack(weights["self_attention"]), stack(weights["cross_attention"])
+def padded(rows):
+    """Lists of ids as one int32 array, 0-padded (at least one column)."""
+    array = np.zeros((len(rows), max(1, max(map(len, rows)))), "int32")
+    for row, ids in enumerate(rows):
+        array[row, : len(ids)] = ids
+    return array
 
 
 @pytest.mark.parametrize("signature", ["translate_attention", "translate_beam_attention"])
@@ -284,8 +277,8 @@ def test_attention_signatures_return_the_weights_of_the_decoding_they_did(sessio
         assert answer["source_pieces"][row][: len(sources[row])] == [
             translator.source_tokenizer.id_to_token(t) for t in sources[row]]
         assert not any(answer["target_pieces"][row][steps:]) and not any(answer["source_pieces"][row][len(sources[row]):])
-    expected = teacher_forced_weights(translator.model, sources, targets)
-    for kind, want in zip(("encoder_self_attention", "decoder_self_attention", "cross_attention"), expected):
+    expected = teacher_forced_attention(translator.model, padded(sources), padded(targets), START_ID)
+    for kind, want in expected.items():
         got = np.array(answer[kind], "float32")
         layers, heads = want.shape[1:3]
         assert got.shape[:3] == (len(TEXTS), layers, heads), kind

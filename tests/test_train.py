@@ -127,18 +127,24 @@ ZH_EN = [
 ]
 
 
+def chinese_english_config(folder, pairs, epochs):
+    """A tiny Chinese->English run on `pairs` (each 12 times): a 60-piece vocabulary (characters
+    and short words), trained, validated and tested on the same TSV."""
+    corpus = folder / "zh-en.tsv"
+    corpus.write_text("".join(f"{zh}\t{en}\n" for zh, en in pairs * 12), encoding="utf-8")
+    return TrainConfig(
+        run_dir=str(folder / "run"), preset="tiny", train_file=str(corpus), validation_file=str(corpus),
+        test_file=str(corpus), vocabulary_size=60, batch_tokens=256, epochs=epochs, warmup_steps=30, patience=100,
+        label_smoothing=0.0, model={"dropout": 0.0},
+    )
+
+
 # 40 short epochs: about 1.5 minutes under TensorFlow and torch, 3.5 under JAX
 # (one compilation per bucket shape), so JAX runs it with `-m slow`.
 # Minutes of eager training under JAX and torch: those run it with -m slow.
 @pytest.mark.parametrize("marked", [pytest.param(None, marks=[pytest.mark.slow] if keras.backend.backend() != "tensorflow" else [])])
 def test_chinese_to_english_trains_and_translates(tmp_path, marked):
-    corpus = tmp_path / "zh-en.tsv"
-    corpus.write_text("".join(f"{zh}\t{en}\n" for zh, en in ZH_EN * 12), encoding="utf-8")
-    config = TrainConfig(
-        run_dir=str(tmp_path / "run"), preset="tiny", train_file=str(corpus), validation_file=str(corpus),
-        test_file=str(corpus), vocabulary_size=60, batch_tokens=256, epochs=40, warmup_steps=30, patience=100,
-        label_smoothing=0.0, model={"dropout": 0.0},
-    )
+    config = chinese_english_config(tmp_path, ZH_EN, epochs=40)
     train(config)
     translator = Translator.from_run(config.run_dir)
     pieces = translator.source_tokenizer.tokenize("我们是朋友。")

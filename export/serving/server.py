@@ -631,6 +631,9 @@ PAGE_PATH = "/kerasformer/attention/"
 STATIC_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
                 ".js": "text/javascript; charset=utf-8"}
+# name -> Content-Type of every file the page may load (listed once: the package's files do not change).
+STATIC_FILES = {name: STATIC_TYPES[os.path.splitext(name)[1]] for name in os.listdir(STATIC_FOLDER)
+                if os.path.splitext(name)[1] in STATIC_TYPES}
 # The page loads only its own files; it may talk to any REST address the user types.
 PAGE_HEADERS = [("X-Content-Type-Options", "nosniff"), ("Cache-Control", "no-cache"),
                 ("Content-Security-Policy", "default-src 'self'; connect-src *; img-src 'self' data:; "
@@ -645,13 +648,11 @@ def static_file(method, path):
     if path == PAGE_PATH.rstrip("/"):
         return 308, [("Location", PAGE_PATH)], b""
     name = path[len(PAGE_PATH):] or "attention.html"
-    kinds = {n: STATIC_TYPES[os.path.splitext(n)[1]] for n in os.listdir(STATIC_FOLDER)
-             if os.path.splitext(n)[1] in STATIC_TYPES}
-    if name not in kinds:
+    if name not in STATIC_FILES:
         return evhttp_error_page(404)
     with open(os.path.join(STATIC_FOLDER, name), "rb") as file:
         body = file.read()
-    return 200, [("Content-Type", kinds[name]), *PAGE_HEADERS], b"" if method == "HEAD" else body
+    return 200, [("Content-Type", STATIC_FILES[name]), *PAGE_HEADERS], b"" if method == "HEAD" else body
 
 
 def _header(scope, name):
