@@ -38,7 +38,9 @@ BASE_CONFIG = os.path.join(ROOT, "training", "configs", "small_en_es.toml")
 # name -> (what it tests, flags over the base config). The base config is the chosen recipe.
 VARIANTS = {
     "chosen": ("the main job's config as committed (pre-norm, no dropout, vocab 4000, 1024-token batches, "
-               "budget schedule, peak 0.0022)", []),
+               "budget schedule, peak 0.0022, 3 encoder blocks and 1 decoder block)", []),
+    "layers-3-3": ("3+3 layers (the chosen config until 2026-12-02)",
+                   ["--model", '{"norm_first": true, "dropout": 0.0, "num_layers": 3}']),
     "paper": ("the paper's recipe: vocab 8000, 2048-token batches, post-norm, dropout 0.1, Noam schedule, warmup 300",
               ["--vocabulary-size", "8000", "--batch-tokens", "2048", "--model", '{"norm_first": false, "dropout": 0.1}',
                "--learning-rate-schedule", "paper", "--warmup-steps", "300", "--peak-learning-rate", "0"]),
@@ -228,7 +230,8 @@ def table_rows(runs, out, minutes):
             rows = {r["variant"]: r for r in record["rows"] if base(r["variant"]) in VARIANTS}
     for name in os.listdir(runs) if os.path.isdir(runs) else []:
         if base(name) in VARIANTS and os.path.exists(os.path.join(runs, name, "eval", "test.scores.json")):
-            rows[name] = row(name, os.path.join(runs, name))
+            # A recorded row keeps its description: the base config may have changed since.
+            rows[name] = {**row(name, os.path.join(runs, name)), **({"what": rows[name]["what"]} if name in rows else {})}
     return sorted(rows.values(), key=lambda r: (list(VARIANTS).index(base(r["variant"])), r["variant"]))
 
 if __name__ == "__main__":
