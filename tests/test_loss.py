@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import numpy, random_tokens
+from gradients import variable_gradients
 from keras import ops
 
 from kerasformer import build_seq2seq, preset
@@ -152,6 +153,37 @@ def test_sample_weight_per_sentence_and_per_token():
         token_mean(per_token, labels, token_weight),
         rtol=1e-5,
     )
+
+
+def test_gradient_is_softmax_minus_smoothed_target():
+    """d loss / d logits = w (softmax(z) - q) / sum(w): the closed form that the logsumexp
+    formulation must reproduce, padding included (its rows get no gradient)."""
+    labels, logits = batch()
+    eps = 0.1
+    variable = keras.Variable(logits)
+    loss = MaskedLabelSmoothedCrossEntropy(label_smoothing=eps)
+    (gradient,) = variable_gradients([variable], lambda: loss(labels, variable))
+    softmax = np.exp(log_softmax(logits.astype("float64")))
+    q = (1 - eps) * np.eye(VOCAB)[labels] + eps / VOCAB
+    weights = (labels != 0).astype("float64")
+    np.testing.assert_allclose(gradient, (softmax - q) * weights[..., None] / weights.sum(), atol=1e-6)
+
+
+def test_loss_and_metrics_stay_finite_for_huge_logits():
+    labels, logits = batch()
+    logits = logits * 1e4  # exp(z) overflows float32 unless the max logit is subtracted first
+    per_token = smoothed_cross_entropy(labels, logits.astype("float64"), 0.1)
+    np.testing.assert_allclose(float(numpy(MaskedLabelSmoothedCrossEntropy(0.1)(labels, logits))),
+                               token_mean(per_token, labels), rtol=1e-5)
+    assert np.isfinite(metric_value(Perplexity(), labels, logits / 1e3))
+
+
+def test_masked_accuracy_counts_a_tie_with_the_label_as_correct():
+    labels = np.array([[3, 4, 0]])
+    logits = np.zeros((1, 3, VOCAB), "float32")
+    logits[0, 0, [3, 5]] = 2.0  # the label ties another id for the largest logit: correct
+    logits[0, 1, 5] = 2.0  # another id is larger: wrong
+    assert metric_value(MaskedAccuracy(), labels, logits) == 0.5
 
 
 def test_rejects_label_smoothing_outside_zero_to_one():

@@ -38,13 +38,24 @@ def label_smoothed_cross_entropy(labels, logits, label_smoothing=0.1):
         float32 `(batch, target_length)`, also at padding positions: weighting
         them out is the caller's job.
     """
-    # log_softmax subtracts the max logit first: no overflow in exp.
-    log_probs = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
-    labels = ops.expand_dims(ops.cast(labels, "int32"), -1)
-    negative_log_likelihood = -ops.squeeze(ops.take_along_axis(log_probs, labels, axis=-1), -1)
-    # (eps / V) sum_k -log p_k, written as a mean so V is never needed.
-    uniform_cross_entropy = -ops.mean(log_probs, axis=-1)
+    logits = ops.cast(logits, "float32")
+    # With log p_k = z_k - logsumexp(z), both terms need only reductions over the
+    # vocabulary, never the (batch, target_length, vocab_size) tensor of log p:
+    #     -log p_label = logsumexp(z) - z_label
+    #     -(1/V) sum_k log p_k = logsumexp(z) - mean_k z_k
+    # logsumexp subtracts the max logit first: no overflow in exp.
+    log_normalizer = ops.logsumexp(logits, axis=-1)
+    negative_log_likelihood = log_normalizer - label_logits(labels, logits)
+    if label_smoothing == 0.0:
+        return negative_log_likelihood
+    uniform_cross_entropy = log_normalizer - ops.mean(logits, axis=-1)
     return (1.0 - label_smoothing) * negative_log_likelihood + label_smoothing * uniform_cross_entropy
+
+
+def label_logits(labels, logits):
+    """z_label: the logit of each token's label, `(batch, target_length)`."""
+    labels = ops.expand_dims(ops.cast(labels, "int32"), -1)
+    return ops.squeeze(ops.take_along_axis(logits, labels, axis=-1), -1)
 
 
 def token_weights(labels, sample_weight=None):
@@ -184,7 +195,8 @@ class TokenMean(keras.metrics.Metric):
 
 @keras.saving.register_keras_serializable(package="kerasformer")
 class MaskedAccuracy(TokenMean):
-    """Share of non-padding target tokens where argmax_k logits_k equals the label.
+    """Share of non-padding target tokens where the label's logit is the largest (argmax_k
+    logits_k equals the label; a label that ties another id for the largest logit counts).
 
     Call arguments (`update_state`):
         y_true: int `(batch, target_length)`, 0 = padding.
@@ -204,8 +216,10 @@ class MaskedAccuracy(TokenMean):
         super().__init__(name=name, dtype=dtype)
 
     def token_values(self, labels, logits):
-        predictions = ops.cast(ops.argmax(logits, axis=-1), "int32")
-        return ops.cast(ops.equal(predictions, ops.cast(labels, "int32")), "float32")
+        # The label's logit is the largest: argmax without its index search (a plain max, which
+        # vectorises, where XLA's argmax is a slow two-operand reduce); a tie counts as correct.
+        logits = ops.cast(logits, "float32")
+        return ops.cast(label_logits(labels, logits) >= ops.max(logits, axis=-1), "float32")
 
 
 @keras.saving.register_keras_serializable(package="kerasformer")
