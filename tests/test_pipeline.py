@@ -1,7 +1,10 @@
 import numpy as np
 import pytest
 
-from kerasformer.training.pipeline import bucket_boundaries, make_dataset
+import tensorflow as tf
+
+from kerasformer.training.pipeline import (bucket_batch_sizes, bucket_boundaries, bucketing, epoch_batches, make_dataset,
+                                         shuffled_epoch, tokenize_pairs)
 from kerasformer.training.tokenizers import END_ID, START_ID, load_tokenizer, train_sentencepiece
 
 ENGLISH = "one two three four five six seven eight nine ten".split() * 4
@@ -83,3 +86,22 @@ def test_batches_split_evenly_over_replicas(tokenizers):
     assert real_label_rows(evaluation) == real_label_rows(batches(tokenizers))
     padding_rows = [inputs["encoder_tokens"][~labels.any(axis=1)] for inputs, labels in evaluation]
     assert sum(map(len, padding_rows)) > 0 and not any(rows.any() for rows in padding_rows)
+
+
+@pytest.mark.parametrize("batch_tokens,batch_multiple", [(256, 1), (100, 1), (256, 4)])
+def test_epoch_batches_are_the_bucketed_shuffled_epoch(tokenizers, batch_tokens, batch_multiple):
+    """The whole-epoch computation gives tf.data's bucket_by_sequence_length batches of the
+    shuffled epoch: same pairs, same padding, same order, every epoch."""
+    sources, targets = SOURCES * 5, TARGETS[::-1] * 5  # 300 pairs, source and target lengths differ
+    pairs = tokenize_pairs(sources, targets, *tokenizers, 40, 40).ragged_batch(len(sources)).get_single_element()
+    batched = bucketing(40, batch_tokens, batch_multiple, drop_remainder=True)
+    for epoch in (0, 1, 7):
+        epoch = tf.constant(epoch, tf.int64)
+        plain = list(batched(shuffled_epoch(pairs, 3, epoch)).as_numpy_iterator())
+        whole = list(epoch_batches(pairs, 3, epoch, bucket_boundaries(40),
+                                   bucket_batch_sizes(40, batch_tokens, batch_multiple)).as_numpy_iterator())
+        assert len(plain) == len(whole) > 3
+        for expected, got in zip(plain, whole):
+            for a, b in zip(expected, got):
+                assert a.dtype == b.dtype
+                np.testing.assert_array_equal(a, b)
