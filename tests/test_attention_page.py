@@ -240,8 +240,8 @@ def test_the_page_follows_a_dark_system_theme(server):
 
 
 def test_attention_values_on_the_page_are_the_servers(server, browser):
-    """The page draws what the signature returned: the cells' colours follow the weights (the
-    brightest cell of a row in the picture is the row's largest weight)."""
+    """The page draws what the signature returned: the cells' colours follow the weights, cell
+    by cell (a larger weight is a brighter cell)."""
     open_page(browser, server.url, model="zh_en")
     assert translate(browser, NOTES) == ""
     expected = np.array(predict(server, [NOTES])[0]["cross_attention"][0][0])
@@ -257,4 +257,11 @@ def test_attention_values_on_the_page_are_the_servers(server, browser):
             return r + g + b; }));""", panel)
     brightness = np.array(brightness)
     weights = expected[: brightness.shape[0], : brightness.shape[1]]
-    assert (brightness.argmax(axis=1) == weights.argmax(axis=1)).mean() >= 0.9
+    # Brightness (r + g + b) grows along viridis, so a clearly larger weight is never drawn
+    # darker, and brightness follows the weights closely. Not argmax per row: a tiny model's
+    # weights can be nearly flat (0.204 against 0.204), and 8-bit colours tie or swap those.
+    w, b = weights.ravel(), brightness.ravel()
+    clearly_larger = (w[:, None] - w[None, :]) > 0.01
+    assert clearly_larger.any(), weights  # something to compare
+    assert np.all((b[:, None] - b[None, :])[clearly_larger] >= 0), (weights, brightness)
+    assert np.corrcoef(w, b)[0, 1] > 0.9, (weights, brightness)
