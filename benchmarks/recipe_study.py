@@ -162,31 +162,37 @@ def write_table(rows, minutes, backend, out):
 
 
 def plot_curve(minutes_list, names, runs_root, out):
-    """Test BLEU against training minutes, one line per variant, from the scored runs."""
+    """Test BLEU against training minutes, one line per variant: the scored runs in
+    `runs_root`, and the points already recorded in `out`.json whose run folders are not
+    here (runs/ is not kept from one machine to the next; the record is)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6, 4))
-    points = {}
+    recorded = {}
+    if os.path.exists(out + ".json"):
+        recorded = {(p["variant"], p["minutes"]): p for p in json.load(open(out + ".json", encoding="utf-8"))["points"]}
     for name in names:
-        xs, ys = [], []
         for minutes in minutes_list:
             run_dir = os.path.join(runs_root, f"{minutes:g}min", name)
             if os.path.exists(os.path.join(run_dir, "eval", "test.scores.json")):
-                xs.append(minutes)
-                ys.append(row(name, run_dir)["bleu"])
-        points[name] = list(zip(xs, ys))
-        axis.plot(xs, ys, marker="o", label=f"{name}: {VARIANTS[name][0][:50]}")
+                recorded[name, minutes] = {"minutes": minutes, **row(name, run_dir)}
+    points = sorted(recorded.values(), key=lambda p: (p["variant"], p["minutes"]))
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for name in dict.fromkeys(p["variant"] for p in points):
+        line = [p for p in points if p["variant"] == name]
+        axis.plot([p["minutes"] for p in line], [p["bleu"] for p in line], marker="o",
+                  label=f"{name}: {VARIANTS[base(name)][0][:50]}")
     axis.set_xlabel("training minutes (2-core CPU)")
     axis.set_ylabel("test BLEU (greedy)")
     axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(out + ".png", dpi=110)
     with open(out + ".json", "w", encoding="utf-8") as file:
-        json.dump({"machine": machine(), "date": datetime.date.today().isoformat(), "points": points}, file, indent=2)
-    print(json.dumps(points))
+        json.dump({"machine": machine(), "points": points}, file, indent=2)
+    for p in points:
+        print(f"{p['variant']} {p['minutes']:g} min: BLEU {p['bleu']} chrF {p['chrf']} ({p['steps']} steps, {p['date']})")
 
 
 def main(argv=None):
@@ -208,10 +214,10 @@ def main(argv=None):
         parser.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     if args.curve:
         budgets = [float(m) for m in args.curve.split(",")]
-        for minutes in budgets:
+        for minutes in budgets:  # every point plotted as soon as it is scored: a curve stopped midway shows what it has
             for name in names:
                 study_variant(name, minutes, os.path.join(args.runs, f"{minutes:g}min"), args.backend)
-        plot_curve(budgets, names, args.runs, os.path.join(os.path.dirname(args.out), "quality_curve"))
+                plot_curve(budgets, names, args.runs, os.path.join(os.path.dirname(args.out), "quality_curve"))
         return
     runs = os.path.join(args.runs, f"{args.minutes:g}min")
     for name in names:
