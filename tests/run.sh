@@ -10,6 +10,12 @@ cd "$(dirname "$0")/.."
 bash training/setup_venv.sh
 # The attention page's tests drive headless Chromium from the operating system's packages.
 bash tests/install_browser.sh
+# JAX compiles each new program shape in seconds; tests and the trainers they start in
+# subprocesses compile the same tiny models again and again. One persistent compilation cache
+# for the whole run (keyed by the program, the flags and the jaxlib version) compiles each once.
+JAX_COMPILATION_CACHE_DIR="$(mktemp -d)"
+export JAX_COMPILATION_CACHE_DIR
+trap 'rm -rf "$JAX_COMPILATION_CACHE_DIR"' EXIT
 first=1
 for backend in ${KERASFORMER_BACKENDS:-tensorflow jax torch}; do
     echo "=== KERAS_BACKEND=$backend ==="
