@@ -106,6 +106,7 @@ WARMUP_STEPS = 300
 LABEL_SMOOTHING = 0.1
 DROPOUT = 0.1
 OURS_MODEL = {"norm_first": False, "dropout": DROPOUT}  # the paper's post-norm; see the docstring
+NUM_LAYERS = 3  # encoder and decoder blocks of the `small` preset, what Eole trains (enc_layers, dec_layers)
 # Eole's special tokens (eole/constants.py DefaultTokens) stand in for ours, ids 0-3.
 OUR_SPECIAL_PIECES = ("[PAD]", "[UNK]", "[START]", "[END]")
 EOLE_LOOP_STARTED = "Start training loop"
@@ -268,7 +269,8 @@ def run_ours(args):
         shutil.copy(os.path.join(args.work_dir, "tokenizers", name), os.path.join(run_dir, "tokenizers", name))
     command = [sys.executable, "-m", "kerasformer.training.train", "--config", BASE_CONFIG, "--run-dir", run_dir,
                "--time-budget-minutes", f"{args.minutes:g}", "--vocabulary-size", str(VOCABULARY_SIZE),
-               "--batch-tokens", str(BATCH_TOKENS), "--model", json.dumps(args.ours_model),
+               "--batch-tokens", str(BATCH_TOKENS), "--model",
+               json.dumps({"num_layers": NUM_LAYERS, "num_decoder_layers": NUM_LAYERS, **args.ours_model}),
                "--learning-rate-schedule", "paper", "--warmup-steps", str(WARMUP_STEPS), "--peak-learning-rate", "0",
                "--label-smoothing", str(LABEL_SMOOTHING), "--preset", PRESET, "--log-level", "info"]
     log = os.path.join(args.work_dir, "ours.log")
@@ -324,7 +326,7 @@ def eole_config(args, data_dir, model_dir, record):
         "model": {
             "architecture": "transformer",
             "hidden_size": 128,
-            "layers": 3,  # each of encoder and decoder
+            "layers": NUM_LAYERS,  # each of encoder and decoder
             "heads": 4,
             "transformer_ff": 512,
             "add_qkvbias": True,  # biases on q, k, v, as ours

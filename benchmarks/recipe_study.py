@@ -35,23 +35,25 @@ if ROOT not in sys.path:  # also runnable as `python benchmarks/recipe_study.py`
     sys.path.insert(0, ROOT)
 BASE_CONFIG = os.path.join(ROOT, "training", "configs", "small_en_es.toml")
 
-# name -> (what it tests, flags over the base config). The base config is the chosen recipe.
+# name -> (what it tests, flags over the base config). The base config is the chosen recipe;
+# `--model` changes its model table setting by setting (pre-norm, no dropout, 3+1 stay unless named).
 VARIANTS = {
     "chosen": ("the main job's config as committed (pre-norm, no dropout, vocab 4000, 1024-token batches, "
                "budget schedule, peak 0.0022, 3 encoder blocks and 1 decoder block)", []),
     "layers-3-3": ("3+3 layers (the chosen config until 2026-12-02)",
-                   ["--model", '{"norm_first": true, "dropout": 0.0, "num_layers": 3}']),
+                   ["--model", '{"num_decoder_layers": 3}']),
     "paper": ("the paper's recipe: vocab 8000, 2048-token batches, post-norm, dropout 0.1, Noam schedule, warmup 300",
-              ["--vocabulary-size", "8000", "--batch-tokens", "2048", "--model", '{"norm_first": false, "dropout": 0.1}',
+              ["--vocabulary-size", "8000", "--batch-tokens", "2048",
+               "--model", '{"norm_first": false, "dropout": 0.1, "num_decoder_layers": 3}',  # 3+3, the paper's shape
                "--learning-rate-schedule", "paper", "--warmup-steps", "300", "--peak-learning-rate", "0"]),
     "noam": ("the paper's schedule (inverse square root, the paper's peak) instead of the budget's",
              ["--learning-rate-schedule", "paper", "--peak-learning-rate", "0"]),
     "peak-paper": ("the paper's peak, 0.0044", ["--peak-learning-rate", "0"]),
     "peak-x0.5": ("a quarter of the paper's peak, 0.0011", ["--peak-learning-rate", "0.0011"]),
-    "dropout-0.1": ("dropout 0.1 (the paper's)", ["--model", '{"norm_first": true, "dropout": 0.1}']),
-    "dropout-0.1-peak-paper": ("dropout 0.1 and the paper's peak", ["--model", '{"norm_first": true, "dropout": 0.1}',
+    "dropout-0.1": ("dropout 0.1 (the paper's)", ["--model", '{"dropout": 0.1}']),
+    "dropout-0.1-peak-paper": ("dropout 0.1 and the paper's peak", ["--model", '{"dropout": 0.1}',
                                                                       "--peak-learning-rate", "0"]),
-    "post-norm": ("post-norm (the paper's placement)", ["--model", '{"norm_first": false, "dropout": 0.0}']),
+    "post-norm": ("post-norm (the paper's placement)", ["--model", '{"norm_first": false}']),
     "shared-vocab": ("one vocabulary of 8000 for both languages; source, target and output embeddings "
                      "tied (the paper's section 3.4)", ["--shared-vocabulary", "--vocabulary-size", "8000"]),
     "vocab-2k": ("vocabulary 2000 per side", ["--vocabulary-size", "2000"]),
@@ -59,14 +61,14 @@ VARIANTS = {
     "batch-2048": ("2048-token batches", ["--batch-tokens", "2048"]),
     "batch-512": ("512-token batches", ["--batch-tokens", "512"]),
     "wide": ("d_model 256, 2+2 layers (width against depth at equal time)",
-             ["--model", '{"norm_first": true, "dropout": 0.0, "d_model": 256, "d_ff": 1024, "num_layers": 2}']),
-    "deep": ("d_model 128, 6+6 layers", ["--model", '{"norm_first": true, "dropout": 0.0, "num_layers": 6}']),
+             ["--model", '{"d_model": 256, "d_ff": 1024, "num_layers": 2, "num_decoder_layers": 2}']),
+    "deep": ("d_model 128, 6+6 layers", ["--model", '{"num_layers": 6, "num_decoder_layers": 6}']),
     "layers-2": ("d_model 128, 2+2 layers (more steps of a shallower model)",
-                 ["--model", '{"norm_first": true, "dropout": 0.0, "num_layers": 2}']),
+                 ["--model", '{"num_layers": 2, "num_decoder_layers": 2}']),
     "encoder-4-decoder-2": ("4 encoder and 2 decoder blocks (a deep encoder, a shallow decoder: Kasai et al. 2021)",
-                            ["--model", '{"norm_first": true, "dropout": 0.0, "num_layers": 4, "num_decoder_layers": 2}']),
+                            ["--model", '{"num_layers": 4, "num_decoder_layers": 2}']),
     "encoder-3-decoder-1": ("3 encoder blocks and 1 decoder block",
-                            ["--model", '{"norm_first": true, "dropout": 0.0, "num_layers": 3, "num_decoder_layers": 1}']),
+                            ["--model", '{"num_layers": 3, "num_decoder_layers": 1}']),
 }
 
 

@@ -133,6 +133,19 @@ def test_the_version_of_a_fresh_process():
     assert result.returncode == 0 and result.stdout == f"kerasformer-translate {package_version()}\n", result
 
 
+def test_model_flag_changes_the_config_files_model_table_setting_by_setting(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('model = { norm_first = true, dropout = 0.0, num_decoder_layers = 1 }\n')
+    assert config.parse_args(["--config", str(path), "--model", '{"dropout": 0.1}']).model == {
+        "norm_first": True, "dropout": 0.1, "num_decoder_layers": 1}
+    assert config.parse_args(["--config", str(path)]).model == {"norm_first": True, "dropout": 0.0,
+                                                                "num_decoder_layers": 1}
+    assert config.parse_args(["--model", '{"dropout": 0.1}']).model == {"dropout": 0.1}  # no file: the flag's table
+    shipped = config.parse_args(["--config", os.path.join(ROOT, "training", "configs", "small_en_es.toml"),
+                                 "--model", '{"num_layers": 2}']).model_config(4000, 4000)
+    assert (shipped.num_layers, shipped.num_decoder_layers, shipped.norm_first) == (2, 1, True)
+
+
 def test_booleans_take_flag_and_no_flag(tmp_path, capsys):
     path = tmp_path / "run.toml"
     path.write_text("skip_malformed = true\n")

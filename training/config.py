@@ -162,7 +162,7 @@ HELP = {
                "again resumes an unfinished run there",
     "preset": f"model size, one of {', '.join(PRESETS)} (python -m kerasformer PRESET shows one)",
     "model": "model overrides as a JSON object, e.g. '{\"num_layers\": 2}': any TransformerConfig field "
-             "but the vocabulary sizes",
+             "but the vocabulary sizes; they change the --config file's model table setting by setting",
     "train_file": "training pairs, a .tsv or .csv file, optionally .gz ('': the embedded English->Spanish corpus)",
     "validation_file": "validation pairs, as --train-file ('': the embedded corpus's)",
     "test_file": "test pairs for kerasformer-evaluate, as --train-file ('': the embedded corpus's)",
@@ -239,6 +239,10 @@ def config_from_args(args):
     values = load_config_file(args.config) if args.config else {}
     fields = {field.name for field in dataclasses.fields(TrainConfig)}
     overrides = {name: value for name, value in vars(args).items() if name in fields and value is not None}
+    if isinstance(values.get("model"), dict) and isinstance(overrides.get("model"), dict):
+        # --model changes the file's model table setting by setting: '{"dropout": 0.1}' over a
+        # config with `num_decoder_layers = 1` keeps its one decoder block.
+        overrides["model"] = {**values["model"], **overrides["model"]}
     return TrainConfig.from_dict({**values, **overrides}, source=args.config or "config")
 
 
