@@ -297,6 +297,12 @@ def write(cells, args, name, merged_settings=None):
         "Unsteady: the model's rounds were more than 2x apart (machine load, recompilation); "
         "its figure and ratio say little.",
     ]
+    older = sorted({(c["measured"], f"{c['backend']}/{c['preset']}/jit {'on' if c['jit_compile'] else 'off'}")
+                    for c in cells if c.get("measured")})
+    if older:
+        notes.append("Rows measured in an earlier run (`--merge`), with its settings (`settings_of_merged_run` in the "
+                     ".json): " + "; ".join(f"{row} on {date}" for date, row in older)
+                     + ". Compare ratios within a row, not figures across runs.")
     names = model_names(args)
     columns = ["backend", "preset", "jit_compile", "batch x length (target tokens)",
                *(f"{name} tokens/s (ms/step)" for name in names), "ratio",
@@ -316,7 +322,9 @@ def merged(cells, path):
     """`cells` plus the cells of the earlier run in `path` that `cells` does not
     replace (a skipped cell replaces nothing)."""
     with open(path, encoding="utf-8") as handle:
-        earlier = json.load(handle)["cells"]
+        record = json.load(handle)
+    # Each kept cell keeps the date it was measured: the table's own date is this run's.
+    earlier = [{"measured": record["date"], **cell} for cell in record["cells"]]
     key = lambda cell: (cell["backend"], cell["preset"], cell["jit_compile"])  # noqa: E731
     new = {key(cell): cell for cell in cells if not cell.get("skipped")}
     kept = [new.pop(key(cell), cell) for cell in earlier]
