@@ -179,7 +179,8 @@ def plot_curve(minutes_list, names, runs_root, out):
         for minutes in minutes_list:
             run_dir = os.path.join(runs_root, f"{minutes:g}min", name)
             if os.path.exists(os.path.join(run_dir, "eval", "test.scores.json")):
-                recorded[name, minutes] = {"minutes": minutes, **row(name, run_dir)}
+                recorded[name, minutes] = {"minutes": int(minutes) if float(minutes).is_integer() else minutes,
+                                           **row(name, run_dir)}
     points = sorted(recorded.values(), key=lambda p: (p["variant"], p["minutes"]))
     figure, axis = plt.subplots(figsize=(6.4, 4))
     for name in dict.fromkeys(p["variant"] for p in points):
