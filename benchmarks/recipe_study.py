@@ -104,7 +104,9 @@ def study_variant(name, minutes, runs, backend):
         print(f"{name}: {time.monotonic() - started:.0f} s", file=sys.stderr)
 
 
-def row(name, run_dir):
+def row(name, run_dir, recorded=None):
+    """The table row of a scored run folder. A row `recorded` before keeps its description:
+    the base config may have changed since."""
     import sacrebleu
 
     from kerasformer.training.corpus_reader import read_corpus
@@ -118,7 +120,7 @@ def row(name, run_dir):
     bleu = sacrebleu.metrics.BLEU().corpus_score(hypotheses, [references])
     return {
         "variant": name,
-        "what": VARIANTS[base(name)][0],
+        "what": recorded["what"] if recorded else VARIANTS[base(name)][0],
         "bleu": scores["bleu"],
         "chrf": scores["chrf"],
         "val_loss": round(min(metrics["history"].get("val_loss", [float("nan")])), 3),
@@ -180,7 +182,7 @@ def plot_curve(minutes_list, names, runs_root, out):
             run_dir = os.path.join(runs_root, f"{minutes:g}min", name)
             if os.path.exists(os.path.join(run_dir, "eval", "test.scores.json")):
                 recorded[name, minutes] = {"minutes": int(minutes) if float(minutes).is_integer() else minutes,
-                                           **row(name, run_dir)}
+                                           **row(name, run_dir, recorded.get((name, minutes)))}
     points = sorted(recorded.values(), key=lambda p: (p["variant"], p["minutes"]))
     figure, axis = plt.subplots(figsize=(6.4, 4))
     for name in dict.fromkeys(p["variant"] for p in points):
@@ -246,8 +248,7 @@ def table_rows(runs, out, minutes):
             rows = {r["variant"]: r for r in record["rows"] if base(r["variant"]) in VARIANTS}
     for name in os.listdir(runs) if os.path.isdir(runs) else []:
         if base(name) in VARIANTS and os.path.exists(os.path.join(runs, name, "eval", "test.scores.json")):
-            # A recorded row keeps its description: the base config may have changed since.
-            rows[name] = {**row(name, os.path.join(runs, name)), **({"what": rows[name]["what"]} if name in rows else {})}
+            rows[name] = row(name, os.path.join(runs, name), rows.get(name))
     return sorted(rows.values(), key=lambda r: (list(VARIANTS).index(base(r["variant"])), r["variant"]))
 
 if __name__ == "__main__":

@@ -36,6 +36,14 @@ def test_the_curve_keeps_recorded_points_whose_run_folders_are_gone(tmp_path):
     assert [(p["variant"], p["minutes"], p["steps"]) for p in first] == [("chosen", 12, 100), ("paper", 12, 20)]
     assert first[1]["distinct"] == 0.333  # the looping model's three identical lines
 
+    # Plotted again with its folder here, a recorded point keeps its description (the base
+    # config may have changed since it ran).
+    record = json.load(open(out + ".json", encoding="utf-8"))
+    record["points"][0]["what"] = first[0]["what"] = "the config of its day"
+    json.dump(record, open(out + ".json", "w", encoding="utf-8"))
+    plot_curve([12, 30], ["chosen", "paper"], str(runs), out)
+    assert json.load(open(out + ".json", encoding="utf-8"))["points"] == first
+
     # Another machine: the 12-minute folders are gone, a 30-minute point is new.
     os.rename(runs, tmp_path / "gone")
     scored_run(runs / "30min" / "chosen", REFERENCES, steps=250)
