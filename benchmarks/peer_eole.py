@@ -26,19 +26,22 @@ SentencePiece model but our four specials ([PAD] [UNK] [START] [END], whose role
 
 Model, the same size for both (the `small` preset of kerasformer/config.py): d_model 128,
 4 heads, d_ff 512, 3 encoder + 3 decoder layers, sinusoidal positions (sin on even, cos on
-odd dimensions: Eole's `SinusoidalInterleaved`), dropout 0.1 (also on attention weights),
+odd dimensions: Eole's `SinusoidalInterleaved`), dropout `--dropout` (0.1) where Eole applies
+it (sublayer outputs, embeddings, attention weights and the FFN's inner activation; ours:
+`dropout`, `attention_dropout` and `activation_dropout` all set to it; 0: none in either),
 biases in the attention and feed-forward projections, the target embedding tied to the
 output projection with no output bias, label smoothing 0.1, Adam (0.9, 0.98, 1e-9) with the
 paper's schedule (warmup 300, the paper's peak; Eole: `decay_method noam`, `learning_rate 1`),
 no gradient clipping, float32, loss averaged over target tokens. One difference Eole does
 not let us remove: its transformer decoder is pre-norm only (0.6.4 has `encoder_layer_style`
 but no decoder counterpart), so Eole runs pre-norm throughout while ours runs the paper's
-post-norm (`--ours-model` changes ours, e.g. '{"norm_first": true, "dropout": 0.1}'); per
+post-norm (`--ours-model` changes ours, e.g. '{"norm_first": true}'); per
 layer both compute the same LayerNorms, pre-norm adds one final LayerNorm per stack.
 
 Ours: `python -m kerasformer.training.train --config training/configs/small_en_es.toml`
-with `--vocabulary-size 8000 --batch-tokens 2048 --model '{"norm_first": false, "dropout":
-0.1}' --learning-rate-schedule paper --warmup-steps 300 --peak-learning-rate 0
+with `--vocabulary-size 8000 --batch-tokens 2048 --model '{"num_layers": 3, "num_decoder_layers":
+3, "dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.1, "norm_first": false}'
+--learning-rate-schedule paper --warmup-steps 300 --peak-learning-rate 0
 --time-budget-minutes M`, under `--backend` (KERAS_BACKEND; jit_compile as the config
 resolves it: compiled under JAX only). Its figure is metrics.json's `train_tokens_per_second`
 (training/train.py `summary`): non-padding labels (target pieces + [END]) per step, averaged
@@ -104,8 +107,8 @@ VOCABULARY_SIZE = 8000
 BATCH_TOKENS = 2048
 WARMUP_STEPS = 300
 LABEL_SMOOTHING = 0.1
-DROPOUT = 0.1
-OURS_MODEL = {"norm_first": False, "dropout": DROPOUT}  # the paper's post-norm; see the docstring
+DROPOUT = 0.1  # both toolkits, at Eole's placement (see `ours_model`); --dropout changes it
+OURS_MODEL = {"norm_first": False}  # the paper's post-norm; see the docstring
 NUM_LAYERS = 3  # encoder and decoder blocks of the `small` preset, what Eole trains (enc_layers, dec_layers)
 # Eole's special tokens (eole/constants.py DefaultTokens) stand in for ours, ids 0-3.
 OUR_SPECIAL_PIECES = ("[PAD]", "[UNK]", "[START]", "[END]")
@@ -134,7 +137,10 @@ def parse_args(argv=None):
                         help="KERAS_BACKEND of our trainer")
     parser.add_argument("--order", default="ours,eole", help="which toolkit trains first: ours,eole or eole,ours")
     parser.add_argument("--ours-model", type=json.loads, default=OURS_MODEL,
-                        help="our --model overrides (JSON object)")
+                        help="our --model overrides (JSON object), over the dropout rates --dropout sets")
+    parser.add_argument("--dropout", type=float, default=DROPOUT,
+                        help="dropout of both toolkits, where Eole applies it: sublayer outputs, embeddings, "
+                             "attention weights and the FFN's inner activation (0: none in either)")
     parser.add_argument("--report-every", type=int, default=20, help="Eole's report interval in steps")
     parser.add_argument("--out", default="peer_eole", help="name of the results in benchmarks/results/ (.json, .md)")
     parser.add_argument("--prepare-data", help=argparse.SUPPRESS)  # internal: the data step, in a child process
@@ -145,6 +151,15 @@ def parse_args(argv=None):
         parser.error(f"--minutes={args.minutes} must be > 0")
     args.work_dir = os.path.abspath(args.work_dir)
     return args
+
+
+def ours_model(args):
+    """Our --model: Eole's shape and dropout placement (its `dropout` also drops the FFN's inner
+    activation, modules/transformer_mlp.py `dropout_1`; its `attention_dropout` the attention
+    weights), then --ours-model."""
+    rate = args.dropout
+    return {"num_layers": NUM_LAYERS, "num_decoder_layers": NUM_LAYERS, "dropout": rate,
+            "attention_dropout": rate, "activation_dropout": rate, **args.ours_model}
 
 
 # ---------------------------------------------------------------- Eole's environment
@@ -270,7 +285,7 @@ def run_ours(args):
     command = [sys.executable, "-m", "kerasformer.training.train", "--config", BASE_CONFIG, "--run-dir", run_dir,
                "--time-budget-minutes", f"{args.minutes:g}", "--vocabulary-size", str(VOCABULARY_SIZE),
                "--batch-tokens", str(BATCH_TOKENS), "--model",
-               json.dumps({"num_layers": NUM_LAYERS, "num_decoder_layers": NUM_LAYERS, **args.ours_model}),
+               json.dumps(ours_model(args)),
                "--learning-rate-schedule", "paper", "--warmup-steps", str(WARMUP_STEPS), "--peak-learning-rate", "0",
                "--label-smoothing", str(LABEL_SMOOTHING), "--preset", PRESET, "--log-level", "info"]
     log = os.path.join(args.work_dir, "ours.log")
@@ -363,8 +378,8 @@ def eole_config(args, data_dir, model_dir, record):
             "warmup_steps": WARMUP_STEPS,
             "max_grad_norm": 0,
             "label_smoothing": LABEL_SMOOTHING,
-            "dropout": [DROPOUT],
-            "attention_dropout": [DROPOUT],
+            "dropout": [args.dropout],  # sublayer outputs, embeddings and the FFN's inner activation
+            "attention_dropout": [args.dropout],
             "dropout_steps": [0],
             "param_init_method": "xavier_uniform",
             "compute_dtype": "fp32",
@@ -485,13 +500,13 @@ def write(args, argv, results, record, versions):
     notes = [
         f"One run ({' then '.join(args.order.split(','))}) on {machine()}; {args.minutes:g} "
         f"minutes of training each; Eole {versions['eole']} with torch {versions['torch']} in {args.eole_venv}.",
-        f"Same model (the `small` preset: d_model 128, 4 heads, d_ff 512, 3+3 layers, dropout {DROPOUT}, tied "
+        f"Same model (the `small` preset: d_model 128, 4 heads, d_ff 512, 3+3 layers, dropout {args.dropout} on sublayer outputs, embeddings, attention weights and the FFN's inner activation, tied "
         f"output projection), same SentencePiece models ({record['vocabulary']['source']:,} / "
         f"{record['vocabulary']['target']:,} pieces; Eole's vocabularies "
         f"{eole['vocabulary'].get('src', '?')} / {eole['vocabulary'].get('tgt', '?')}), same pre-cut pairs "
         f"({record['pairs']['train']:,}), batches of {BATCH_TOKENS} padded tokens per side, label smoothing "
         f"{LABEL_SMOOTHING}, Adam with the paper's schedule (warmup {WARMUP_STEPS}), float32 on CPU. "
-        f"Ours: --model '{json.dumps(args.ours_model)}'; Eole's decoder is pre-norm only.",
+        f"Ours: --model '{json.dumps(ours_model(args))}'; Eole's decoder is pre-norm only.",
         "Target tokens: non-padding labels (pieces + end token) in both. Ours: metrics.json "
         "`train_tokens_per_second` (after the first step, validation left out). Eole: its step reports "
         f"(every {args.report_every} steps) after the first, tokens over seconds; its steps: the last report's.",

@@ -42,7 +42,8 @@ VARIANTS = {
                "budget schedule, peak 0.0022, 3 encoder blocks and 1 decoder block)", []),
     "layers-3-3": ("3+3 layers (the chosen config until 2026-12-02)",
                    ["--model", '{"num_decoder_layers": 3}']),
-    "paper": ("the paper's recipe: vocab 8000, 2048-token batches, post-norm, dropout 0.1, Noam schedule, warmup 300",
+    "paper": ("the paper's recipe: vocab 8000, 2048-token batches, post-norm, dropout 0.1 where the paper puts it, "
+              "Noam schedule, warmup 300",
               ["--vocabulary-size", "8000", "--batch-tokens", "2048",
                "--model", '{"norm_first": false, "dropout": 0.1, "num_decoder_layers": 3}',  # 3+3, the paper's shape
                "--learning-rate-schedule", "paper", "--warmup-steps", "300", "--peak-learning-rate", "0"]),
@@ -50,7 +51,11 @@ VARIANTS = {
              ["--learning-rate-schedule", "paper", "--peak-learning-rate", "0"]),
     "peak-paper": ("the paper's peak, 0.0044", ["--peak-learning-rate", "0"]),
     "peak-x0.5": ("a quarter of the paper's peak, 0.0011", ["--peak-learning-rate", "0.0011"]),
-    "dropout-0.1": ("dropout 0.1 (the paper's)", ["--model", '{"dropout": 0.1}']),
+    "dropout-0.1": ("dropout 0.1 where the paper puts it (sublayer outputs, embedding sums)",
+                    ["--model", '{"dropout": 0.1}']),
+    "dropout-0.1-everywhere": ("dropout 0.1 on sublayer outputs, embedding sums, attention weights and FFN "
+                               "activations (tensor2tensor's transformer_base_v2; the reference model's)",
+                               ["--model", '{"dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.1}']),
     "dropout-0.1-peak-paper": ("dropout 0.1 and the paper's peak", ["--model", '{"dropout": 0.1}',
                                                                       "--peak-learning-rate", "0"]),
     "post-norm": ("post-norm (the paper's placement)", ["--model", '{"norm_first": false}']),

@@ -25,7 +25,9 @@ tokens/s counts the non-padding labels of the batch. The ratio is ours / the
 faster alternative. Timings only; never a test.
 
 `--ours-without-dropout` adds our model with dropout 0, the setting of the
-keras.io example's blocks. `--compare-fused` adds our model on its plain path
+keras.io example's blocks; `--ours-with-attention-dropout` adds our model with
+dropout on the attention weights too, where keras-hub's layers put it (ours,
+like the paper, drops sublayer outputs and embedding sums only). `--compare-fused` adds our model on its plain path
 (`fused=False`: a matmul per projection, 3-D matmuls) and the ratio of the
 default fused path to it: what the fused projections and 2-D views buy. A model a backend cannot run is reported as "not
 supported: <error>"; `--skip torch:base:on,...` leaves cells out, reported as
@@ -57,6 +59,8 @@ MODELS = ("ours", "keras.io example", "keras-hub layers")
 ALTERNATIVES = MODELS[1:]
 # keras.io's blocks have no dropout; this extra column is ours with the same.
 OURS_WITHOUT_DROPOUT = "ours, dropout 0"
+# keras-hub's layers drop attention weights too (the paper does not); this column is ours with the same.
+OURS_ATTENTION_DROPOUT = "ours, attention dropout too"
 # Our model without its fused projections and 2-D views (TransformerConfig.fused).
 OURS_PLAIN = "ours, fused=False"
 START_ID = 2
@@ -77,6 +81,9 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="small only, 1 warm-up step, 2 rounds of 2 steps")
     parser.add_argument("--ours-without-dropout", action="store_true",
                         help=f"also time our model with dropout 0 (column '{OURS_WITHOUT_DROPOUT}')")
+    parser.add_argument("--ours-with-attention-dropout", action="store_true",
+                        help="also time our model with dropout on the attention weights too, keras-hub's "
+                             f"placement (column '{OURS_ATTENTION_DROPOUT}')")
     parser.add_argument("--compare-fused", action="store_true",
                         help=f"also time our model's plain path (column '{OURS_PLAIN}') and the ratio fused / plain")
     parser.add_argument("--skip", default="", metavar="BACKEND:PRESET:JIT,...",
@@ -113,10 +120,11 @@ def fixed_batch(batch, length, vocab_size, seed=0):
 
 
 def build(name, config):
-    if name in ("ours", OURS_WITHOUT_DROPOUT, OURS_PLAIN):
+    if name in ("ours", OURS_WITHOUT_DROPOUT, OURS_ATTENTION_DROPOUT, OURS_PLAIN):
         from kerasformer import build_seq2seq
 
-        changes = {OURS_WITHOUT_DROPOUT: {"dropout": 0.0}, OURS_PLAIN: {"fused": False}}.get(name, {})
+        changes = {OURS_WITHOUT_DROPOUT: {"dropout": 0.0}, OURS_ATTENTION_DROPOUT: {"attention_dropout": config.dropout},
+                   OURS_PLAIN: {"fused": False}}.get(name, {})
         return build_seq2seq(config.replace(**changes))
     if name == "keras.io example":
         from benchmarks.alternatives.keras_io_example import build_keras_io_seq2seq
@@ -189,7 +197,13 @@ def measure(preset_name, jit_compile, args):
 
 def model_names(args):
     return (MODELS + ((OURS_WITHOUT_DROPOUT,) if args.ours_without_dropout else ())
+            + ((OURS_ATTENTION_DROPOUT,) if args.ours_with_attention_dropout else ())
             + ((OURS_PLAIN,) if args.compare_fused else ()))
+
+
+def ratio_columns(names):
+    """Our models besides "ours" whose ratio to the faster alternative gets a column."""
+    return [name for name in (OURS_WITHOUT_DROPOUT, OURS_ATTENTION_DROPOUT) if name in names]
 
 
 def fused_ratio(models):
@@ -227,6 +241,8 @@ def unsteady(result):
 
 
 def cell_text(result):
+    if result is None:
+        return "not in that run"  # a merged row measured before this model had a column
     if not result["step_s"] and not result["error"]:
         return "not run (--skip)"
     if result["error"]:
@@ -255,8 +271,8 @@ def table_rows(cells, names):
         rows.append([
             cell["backend"], cell["preset"], "on" if cell["jit_compile"] else "off",
             f"{cell['batch']} x {cell['length']} ({cell['target_tokens']})" if cell["batch"] else "",
-            *(cell_text(models[name]) for name in names), ratio(models, "ours"),
-            *((ratio(models, OURS_WITHOUT_DROPOUT),) if OURS_WITHOUT_DROPOUT in names else ()),
+            *(cell_text(models.get(name)) for name in names), ratio(models, "ours"),
+            *(ratio(models, name) for name in ratio_columns(names)),
             *((fused_ratio(models),) if OURS_PLAIN in names else ()),
         ])
     return rows
@@ -285,10 +301,15 @@ def write(cells, args, name, merged_settings=None):
         f"vocabularies {args.vocab}; float32.",
         "keras.io example: `benchmarks/alternatives/keras_io_example.py` (learned positions, no dropout but "
         "0.5 before the output layer, untied output layer, head width d_model / h; the published example uses "
-        "head width d_model). keras-hub layers: `benchmarks/alternatives/keras_hub_layers.py`.",
+        "head width d_model). keras-hub layers: `benchmarks/alternatives/keras_hub_layers.py` (the preset's "
+        "dropout on sublayer outputs, embedding sums and attention weights). Ours: the preset's dropout where the "
+        "paper puts it, sublayer outputs and embedding sums (TransformerConfig `dropout`; `attention_dropout` "
+        "and `activation_dropout` 0).",
         "Ratio: ours / the faster alternative (target: >= 1.2)."
         + (f" '{OURS_WITHOUT_DROPOUT}': our model with dropout 0, as the keras.io example's blocks "
            "(which have none), and its ratio to the faster alternative." if args.ours_without_dropout else "")
+        + (f" '{OURS_ATTENTION_DROPOUT}': our model with the preset's dropout on the attention weights too, "
+           "keras-hub's placement, and its ratio." if args.ours_with_attention_dropout else "")
         + (f" '{OURS_PLAIN}': our model on its plain path (a matmul per attention projection, 3-D matmuls); "
            "'fused / plain': what the fused projections and 2-D views buy (same weights' shapes, same function)."
            if args.compare_fused else ""),
@@ -306,7 +327,7 @@ def write(cells, args, name, merged_settings=None):
     names = model_names(args)
     columns = ["backend", "preset", "jit_compile", "batch x length (target tokens)",
                *(f"{name} tokens/s (ms/step)" for name in names), "ratio",
-               *((f"ratio, {OURS_WITHOUT_DROPOUT}",) if args.ours_without_dropout else ()),
+               *(f"ratio, {name}" for name in ratio_columns(names)),
                *(("fused / plain",) if args.compare_fused else ())]
     extra = {"settings": vars(args), "cells": cells}
     if args.merge:
@@ -331,16 +352,17 @@ def merged(cells, path):
     return kept + list(new.values())
 
 
+SWITCHES = ("ours_without_dropout", "ours_with_attention_dropout", "compare_fused")  # store_true flags
+
+
 def run_backends(args):
     cells = []
     for backend in args.backends.split(","):
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
             out = handle.name
         child = [f"--{key.replace('_', '-')}={value}" for key, value in vars(args).items()
-                 if key not in ("backends", "quick", "json_out", "ours_without_dropout", "compare_fused", "merge",
-                                "render")]
-        child += ["--ours-without-dropout"] if args.ours_without_dropout else []
-        child += ["--compare-fused"] if args.compare_fused else []
+                 if key not in ("backends", "quick", "json_out", *SWITCHES, "merge", "render")]
+        child += [f"--{key.replace('_', '-')}" for key in SWITCHES if getattr(args, key)]
         env = {**os.environ, "KERAS_BACKEND": backend}
         print(f"=== KERAS_BACKEND={backend} ===", file=sys.stderr, flush=True)
         code = subprocess.call([sys.executable, os.path.abspath(__file__), *child, "--json-out", out], env=env)

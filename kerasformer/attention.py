@@ -95,7 +95,8 @@ class MultiHeadAttention(keras.layers.Layer):
 
     Args:
         num_heads: h.
-        dropout: dropout rate on the attention weights.
+        dropout: dropout rate on the attention weights (0: none, the paper;
+            `TransformerConfig.attention_dropout`).
         fused: the same function computed faster (see `fused_project`): the
             projections of one input as one matmul, and W^Q, W^K, W^V, W^O on
             the 2-D view of their input (`position_wise`). False is the plain

@@ -24,7 +24,18 @@ class TransformerConfig:
             decoder blocks of its own, for a deep encoder and a shallow decoder
             (Kasai et al. 2021: decoder blocks cost the most, in training and
             even more in step-by-step decoding).
-        dropout: P_drop, applied to sublayer outputs, embeddings and attention weights.
+        dropout: P_drop where the paper applies it (section 5.4): "to the output of
+            each sub-layer, before it is added to the sub-layer input and
+            normalized" and "to the sums of the embeddings and the positional
+            encodings".
+        attention_dropout: dropout on the attention weights. 0, as in the paper and
+            in tensor2tensor's `transformer_base_v1` (its settings); its later
+            `transformer_base_v2` and keras-hub's layers use P_drop here. It costs a
+            random number per weight: h * query_length * key_length per example
+            and attention layer.
+        activation_dropout: dropout on the FFN's inner activation max(0, x W_1 + b_1)
+            (tensor2tensor's `relu_dropout`). 0, as in the paper and `transformer_base_v1`.
+            The largest tensor of a block (d_ff per position), so the dearest to drop out.
         max_source_length: longest encoder input the model accepts.
         max_target_length: longest decoder input the model accepts.
         positional: "sinusoidal" (the paper) or "learned" position embeddings.
@@ -52,6 +63,8 @@ class TransformerConfig:
     num_layers: int = 6
     num_decoder_layers: int | None = None
     dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
     max_source_length: int = 128
     max_target_length: int = 128
     positional: str = "sinusoidal"
@@ -100,12 +113,10 @@ class TransformerConfig:
                 f"d_model={self.d_model} must be even: positional encodings pair "
                 "sin (even dimensions) with cos (odd dimensions)"
             )
-        if (
-            isinstance(self.dropout, bool)
-            or not isinstance(self.dropout, (int, float))
-            or not 0 <= self.dropout < 1
-        ):
-            raise ValueError(f"dropout={self.dropout!r} must be in [0, 1)")
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
+            rate = getattr(self, name)
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+                raise ValueError(f"{name}={rate!r} must be in [0, 1)")
         for name in ("max_source_length", "max_target_length"):
             if getattr(self, name) < 2:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 2")

@@ -20,7 +20,8 @@ class DecoderBlock(keras.layers.Layer):
         x = AddNorm(x, FFN(x))
 
     Args:
-        num_heads, d_ff, dropout, norm_first, fused: as in `TransformerConfig`.
+        num_heads, d_ff, dropout, norm_first, fused, attention_dropout,
+        activation_dropout: as in `TransformerConfig`.
 
     Call arguments:
         x: `(batch, target_length, d_model)`.
@@ -44,11 +45,14 @@ class DecoderBlock(keras.layers.Layer):
         the updated self-attention cache if one was given.
     """
 
-    def __init__(self, num_heads, d_ff, dropout=0.0, norm_first=False, fused=True, **kwargs):
+    def __init__(self, num_heads, d_ff, dropout=0.0, norm_first=False, fused=True,
+                 attention_dropout=0.0, activation_dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.d_ff = d_ff
         self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.activation_dropout = activation_dropout
         self.norm_first = norm_first
         self.fused = fused
         self.supports_masking = True
@@ -63,17 +67,17 @@ class DecoderBlock(keras.layers.Layer):
             return layer
 
         self.self_attention = MultiHeadAttention(
-            self.num_heads, self.dropout, self.fused, name="self_attention", dtype=policy
+            self.num_heads, self.attention_dropout, self.fused, name="self_attention", dtype=policy
         )
         self.self_attention.build(x_shape, x_shape)
         self.self_attention_add_norm = add_norm("self_attention_add_norm")
         self.cross_attention = MultiHeadAttention(
-            self.num_heads, self.dropout, self.fused, name="cross_attention", dtype=policy
+            self.num_heads, self.attention_dropout, self.fused, name="cross_attention", dtype=policy
         )
         self.cross_attention.build(x_shape, encoder_output_shape)
         self.cross_attention_add_norm = add_norm("cross_attention_add_norm")
         self.feed_forward = FeedForward(
-            self.d_ff, self.dropout, self.fused, name="feed_forward", dtype=policy
+            self.d_ff, self.activation_dropout, self.fused, name="feed_forward", dtype=policy
         )
         self.feed_forward.build(x_shape)
         self.feed_forward_add_norm = add_norm("feed_forward_add_norm")
@@ -138,6 +142,8 @@ class DecoderBlock(keras.layers.Layer):
             "dropout": self.dropout,
             "norm_first": self.norm_first,
             "fused": self.fused,
+            "attention_dropout": self.attention_dropout,
+            "activation_dropout": self.activation_dropout,
         }
 
 
@@ -153,8 +159,8 @@ class Decoder(keras.layers.Layer):
 
     Args:
         vocab_size, num_layers, d_model, num_heads, d_ff, dropout, max_length,
-        positional, norm_first, tie_embeddings, fused: as in `TransformerConfig`
-        (target side).
+        positional, norm_first, tie_embeddings, fused, attention_dropout,
+        activation_dropout: as in `TransformerConfig` (target side).
         token_embedding: a `keras.layers.Embedding` shared with the encoder
             (`TransformerConfig.share_embeddings`); None: the decoder's own.
 
@@ -174,7 +180,8 @@ class Decoder(keras.layers.Layer):
     def __init__(
         self, vocab_size, num_layers, d_model, num_heads, d_ff, dropout=0.0,
         max_length=512, positional="sinusoidal", norm_first=False, tie_embeddings=True,
-        fused=True, token_embedding=None, **kwargs,
+        fused=True, token_embedding=None,
+        attention_dropout=0.0, activation_dropout=0.0, **kwargs,
     ):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
@@ -189,6 +196,8 @@ class Decoder(keras.layers.Layer):
         self.tie_embeddings = tie_embeddings
         self.fused = fused
         self.token_embedding = token_embedding
+        self.attention_dropout = attention_dropout
+        self.activation_dropout = activation_dropout
 
     def build(self, token_ids_shape, encoder_output_shape=None):
         policy = self.dtype_policy
@@ -202,7 +211,7 @@ class Decoder(keras.layers.Layer):
         for i in range(self.num_layers):
             block = DecoderBlock(
                 self.num_heads, self.d_ff, self.dropout, self.norm_first, self.fused,
-                name=f"block_{i}", dtype=policy,
+                self.attention_dropout, self.activation_dropout, name=f"block_{i}", dtype=policy,
             )
             block.build(x_shape, encoder_output_shape)
             self.blocks.append(block)
@@ -337,4 +346,6 @@ class Decoder(keras.layers.Layer):
             "norm_first": self.norm_first,
             "tie_embeddings": self.tie_embeddings,
             "fused": self.fused,
+            "attention_dropout": self.attention_dropout,
+            "activation_dropout": self.activation_dropout,
         }

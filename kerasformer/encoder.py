@@ -17,7 +17,8 @@ class EncoderBlock(keras.layers.Layer):
         x = AddNorm(x, FFN(x))
 
     Args:
-        num_heads, d_ff, dropout, norm_first, fused: as in `TransformerConfig`.
+        num_heads, d_ff, dropout, norm_first, fused, attention_dropout,
+        activation_dropout: as in `TransformerConfig`.
 
     Call arguments:
         x: `(batch, source_length, d_model)`.
@@ -29,11 +30,14 @@ class EncoderBlock(keras.layers.Layer):
         `(batch, source_length, d_model)`; then the weights if requested.
     """
 
-    def __init__(self, num_heads, d_ff, dropout=0.0, norm_first=False, fused=True, **kwargs):
+    def __init__(self, num_heads, d_ff, dropout=0.0, norm_first=False, fused=True,
+                 attention_dropout=0.0, activation_dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.d_ff = d_ff
         self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.activation_dropout = activation_dropout
         self.norm_first = norm_first
         self.fused = fused
         self.supports_masking = True
@@ -41,7 +45,7 @@ class EncoderBlock(keras.layers.Layer):
     def build(self, x_shape):
         policy = self.dtype_policy
         self.self_attention = MultiHeadAttention(
-            self.num_heads, self.dropout, self.fused, name="self_attention", dtype=policy
+            self.num_heads, self.attention_dropout, self.fused, name="self_attention", dtype=policy
         )
         self.self_attention.build(x_shape, x_shape)
         self.self_attention_add_norm = AddNorm(
@@ -49,7 +53,7 @@ class EncoderBlock(keras.layers.Layer):
         )
         self.self_attention_add_norm.build(x_shape)
         self.feed_forward = FeedForward(
-            self.d_ff, self.dropout, self.fused, name="feed_forward", dtype=policy
+            self.d_ff, self.activation_dropout, self.fused, name="feed_forward", dtype=policy
         )
         self.feed_forward.build(x_shape)
         self.feed_forward_add_norm = AddNorm(
@@ -80,6 +84,8 @@ class EncoderBlock(keras.layers.Layer):
             "dropout": self.dropout,
             "norm_first": self.norm_first,
             "fused": self.fused,
+            "attention_dropout": self.attention_dropout,
+            "activation_dropout": self.activation_dropout,
         }
 
 
@@ -92,7 +98,8 @@ class Encoder(keras.layers.Layer):
 
     Args:
         vocab_size, num_layers, d_model, num_heads, d_ff, dropout, max_length,
-        positional, norm_first, fused: as in `TransformerConfig` (source side).
+        positional, norm_first, fused, attention_dropout, activation_dropout:
+        as in `TransformerConfig` (source side).
         token_embedding: a `keras.layers.Embedding` shared with the decoder
             (`TransformerConfig.share_embeddings`); None: the encoder's own.
 
@@ -107,7 +114,8 @@ class Encoder(keras.layers.Layer):
 
     def __init__(
         self, vocab_size, num_layers, d_model, num_heads, d_ff, dropout=0.0,
-        max_length=512, positional="sinusoidal", norm_first=False, fused=True, token_embedding=None, **kwargs,
+        max_length=512, positional="sinusoidal", norm_first=False, fused=True, token_embedding=None,
+        attention_dropout=0.0, activation_dropout=0.0, **kwargs,
     ):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
@@ -121,6 +129,8 @@ class Encoder(keras.layers.Layer):
         self.norm_first = norm_first
         self.fused = fused
         self.token_embedding = token_embedding
+        self.attention_dropout = attention_dropout
+        self.activation_dropout = activation_dropout
 
     def build(self, token_ids_shape):
         policy = self.dtype_policy
@@ -134,7 +144,7 @@ class Encoder(keras.layers.Layer):
         for i in range(self.num_layers):
             block = EncoderBlock(
                 self.num_heads, self.d_ff, self.dropout, self.norm_first, self.fused,
-                name=f"block_{i}", dtype=policy,
+                self.attention_dropout, self.activation_dropout, name=f"block_{i}", dtype=policy,
             )
             block.build(x_shape)
             self.blocks.append(block)
@@ -170,4 +180,6 @@ class Encoder(keras.layers.Layer):
             "positional": self.positional,
             "norm_first": self.norm_first,
             "fused": self.fused,
+            "attention_dropout": self.attention_dropout,
+            "activation_dropout": self.activation_dropout,
         }

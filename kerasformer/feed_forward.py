@@ -24,13 +24,14 @@ def position_wise(function, x):
 class FeedForward(keras.layers.Layer):
     """FFN(x) = max(0, x W_1 + b_1) W_2 + b_2   (equation 2).
 
-    Applied to each position separately and identically. Dropout on the inner
-    activation follows the reference implementation (tensor2tensor's relu
-    dropout); the paper's residual dropout lives in `AddNorm`.
+    Applied to each position separately and identically. The paper's residual
+    dropout lives in `AddNorm`; dropout on the inner activation is an option
+    the paper does not use (tensor2tensor's `relu_dropout`,
+    `TransformerConfig.activation_dropout`).
 
     Args:
         d_ff: inner width (2048 in the base model).
-        dropout: dropout rate on the inner activation.
+        dropout: dropout rate on the inner activation (0: none, the paper).
         fused: run on the 2-D view of `x` (`position_wise`); the same function.
 
     Call arguments:

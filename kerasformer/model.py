@@ -53,6 +53,8 @@ class Seq2Seq(keras.Model):
             num_heads=config.num_heads,
             d_ff=config.d_ff,
             dropout=config.dropout,
+            attention_dropout=config.attention_dropout,
+            activation_dropout=config.activation_dropout,
             positional=config.positional,
             norm_first=config.norm_first,
             fused=config.fused,

@@ -9,6 +9,8 @@ def test_base_preset_is_the_papers_base_model():
     config = preset("base")
     assert (config.d_model, config.num_heads, config.d_ff, config.num_layers, config.dropout) == (512, 8, 2048, 6, 0.1)
     assert config.d_k == 64
+    # P_drop where the paper applies it (section 5.4): sublayer outputs and embedding sums only.
+    assert (config.attention_dropout, config.activation_dropout) == (0.0, 0.0)
 
 
 def test_every_preset_is_valid_and_presets_grow():
@@ -39,6 +41,8 @@ def test_overrides_and_dict_round_trip():
         ({"num_layers": 2.0}, "num_layers=2.0 must be a positive integer"),
         ({"dropout": float("nan")}, r"dropout=nan must be in \[0, 1\)"),
         ({"dropout": "0.1"}, r"dropout='0.1' must be in \[0, 1\)"),
+        ({"attention_dropout": 1.0}, r"attention_dropout=1.0 must be in \[0, 1\)"),
+        ({"activation_dropout": -0.5}, r"activation_dropout=-0.5 must be in \[0, 1\)"),
         ({"max_source_length": 1}, "max_source_length=1 must be at least 2"),
         ({"num_decoder_layers": 0}, r"num_decoder_layers=0 must be a positive integer \(or None"),
         ({"num_decoder_layers": 1.5}, "num_decoder_layers=1.5 must be a positive integer"),

@@ -137,10 +137,15 @@ def test_round_trip(tmp_path, norm_first, fused):
     decoder = Decoder(
         vocab_size=30, num_layers=2, d_model=16, num_heads=4, d_ff=32, dropout=0.1,
         max_length=12, norm_first=norm_first, tie_embeddings=False, fused=fused,
+        attention_dropout=0.2, activation_dropout=0.3,
     )
     assert Decoder.from_config(decoder.get_config()).get_config() == decoder.get_config()
-    block = DecoderBlock(num_heads=4, d_ff=32, dropout=0.1, norm_first=norm_first, fused=fused)
+    block = DecoderBlock(num_heads=4, d_ff=32, dropout=0.1, norm_first=norm_first, fused=fused,
+                         attention_dropout=0.2, activation_dropout=0.3)
     assert DecoderBlock.from_config(block.get_config()).get_config() == block.get_config()
+    rates = {"dropout": 0.1, "attention_dropout": 0.2, "activation_dropout": 0.3}
+    assert {key: decoder.get_config()[key] for key in rates} == rates
+    assert {key: block.get_config()[key] for key in rates} == rates
     model = layer_model(decoder, ((None,), "int32"), ((None, 16), "float32"))
     tokens = random_tokens(np.random.default_rng(0), 2, 5, 30, pad_from=[5, 2])
     before, after, _ = round_trip(model, tmp_path, [tokens, random(2, 7, 16, seed=1)])

@@ -62,11 +62,38 @@ def test_round_trip(tmp_path, norm_first, fused):
     encoder = Encoder(
         vocab_size=30, num_layers=2, d_model=16, num_heads=4, d_ff=32, dropout=0.1,
         max_length=12, positional="learned", norm_first=norm_first, fused=fused,
+        attention_dropout=0.2, activation_dropout=0.3,
     )
     assert Encoder.from_config(encoder.get_config()).get_config() == encoder.get_config()
-    block = EncoderBlock(num_heads=4, d_ff=32, dropout=0.1, norm_first=norm_first, fused=fused)
+    block = EncoderBlock(num_heads=4, d_ff=32, dropout=0.1, norm_first=norm_first, fused=fused,
+                         attention_dropout=0.2, activation_dropout=0.3)
     assert EncoderBlock.from_config(block.get_config()).get_config() == block.get_config()
+    rates = {"dropout": 0.1, "attention_dropout": 0.2, "activation_dropout": 0.3}
+    assert {key: encoder.get_config()[key] for key in rates} == rates
+    assert {key: block.get_config()[key] for key in rates} == rates
     model = layer_model(encoder, ((None,), "int32"))
     tokens = random_tokens(np.random.default_rng(0), 2, 6, 30, pad_from=[6, 2])
     before, after, _ = round_trip(model, tmp_path, tokens)
     np.testing.assert_array_equal(before, after)
+
+
+def test_dropout_sits_where_the_paper_puts_it_and_elsewhere_only_when_asked():
+    """P_drop drops sublayer outputs and embedding sums (section 5.4), not the
+    attention weights: in training, each row of weights still sums to 1 unless
+    `attention_dropout` is set; the FFN's inner activation has its own rate too."""
+    tokens = random_tokens(np.random.default_rng(0), 2, 6, 30, pad_from=[6, 4])
+
+    def weights_row_sums(**rates):
+        encoder = Encoder(vocab_size=30, num_layers=1, d_model=16, num_heads=4, d_ff=32, max_length=12, **rates)
+        _, (weights,) = encoder(tokens, return_attention_scores=True, training=True)
+        block = encoder.blocks[0]
+        used = (block.self_attention_add_norm.dropout, block.feed_forward_add_norm.dropout,
+                block.self_attention.dropout, block.feed_forward.dropout, encoder.embedding.dropout)
+        return numpy(weights).sum(axis=-1), used
+
+    sums, used = weights_row_sums(dropout=0.5)
+    np.testing.assert_allclose(sums, 1.0, atol=1e-5)
+    assert used == (0.5, 0.5, 0.0, 0.0, 0.5)
+    sums, used = weights_row_sums(dropout=0.0, attention_dropout=0.5, activation_dropout=0.25)
+    assert np.abs(sums - 1.0).max() > 0.1  # weights dropped and the rest scaled by 2
+    assert used == (0.0, 0.0, 0.5, 0.25, 0.0)

@@ -101,6 +101,17 @@ def test_a_deep_encoder_with_a_shallow_decoder_round_trips(tmp_path):
     assert loaded.transformer_config.decoder_layers == 1
 
 
+def test_each_dropout_rate_reaches_the_layers_it_names():
+    model = tiny_model(dropout=0.1, attention_dropout=0.2, activation_dropout=0.3)
+    for stack in ("encoder", "decoder"):
+        layer = model.get_layer(stack)
+        assert (layer.embedding.dropout, layer.attention_dropout, layer.activation_dropout) == (0.1, 0.2, 0.3)
+    block = model.get_layer("decoder").blocks[-1]
+    assert (block.self_attention.dropout, block.cross_attention.dropout, block.feed_forward.dropout) == (0.2, 0.2, 0.3)
+    assert {block.self_attention_add_norm.dropout, block.cross_attention_add_norm.dropout,
+            block.feed_forward_add_norm.dropout} == {0.1}
+
+
 def test_config_round_trip():
     model = tiny_model()
     assert model.get_config()["config"] == model.transformer_config.to_dict()

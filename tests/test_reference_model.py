@@ -77,3 +77,19 @@ def test_kerasformer_serve_answers_real_translations_with_it(tmp_path, verses):
         check_translations(sources, translations, references)
     finally:
         server.stop()
+
+
+def test_its_run_folder_is_recovered_from_the_export_with_the_dropout_it_was_trained_with(tmp_path):
+    """kerasformer-recover rebuilds the model from assets/config.json and refuses one whose
+    variables do not match the export's: dropout layers hold seed states, so the config must
+    name every rate the model was trained with (0.1 on attention weights and FFN activations too)."""
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "kerasformer.export.recover", REFERENCE, str(run_dir)],
+        capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = json.load(open(run_dir / "config.json", encoding="utf-8"))["model"]
+    assert (model["dropout"], model["attention_dropout"], model["activation_dropout"]) == (0.1, 0.1, 0.1)
+    assert (run_dir / "best.keras").exists()
