@@ -127,6 +127,7 @@ def test_version_everywhere_is_the_one_written_in_the_package(command, capsys):
         assert out == f"{command} {version}\n"
 
 
+@pytest.mark.backend_independent  # a version string: the same under every backend
 def test_the_version_of_a_fresh_process():
     result = subprocess.run([sys.executable, "-m", "kerasformer.export.serving.client", "--version"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
