@@ -1,0 +1,77 @@
+"""What dropout costs a training step, site by site: `model.train_on_batch` of the `small`
+preset with dropout 0, where the paper puts it (sublayer outputs and embedding sums,
+TransformerConfig `dropout`), plus the attention weights (`attention_dropout`), plus the
+FFN's inner activation (`activation_dropout`), everywhere, and keras-hub's layers at their
+own placement, one process, one fixed batch, interleaved rounds.
+
+    KERAS_BACKEND=jax python benchmarks/dropout_cost.py [--jit on|off] [--rounds 5] [--steps 5]
+
+Prints time per step (fastest round), target tokens/s and the ratio to dropout 0. Batch,
+loss, optimizer and vocabularies as benchmarks/train_throughput.py. Timings only; never a test.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+RATE = 0.1
+SITES = {
+    "dropout 0": dict(dropout=0.0),
+    "paper's sites (sublayer outputs, embedding sums)": dict(dropout=RATE),
+    "+ attention weights": dict(dropout=RATE, attention_dropout=RATE),
+    "+ FFN inner activation": dict(dropout=RATE, activation_dropout=RATE),
+    "everywhere": dict(dropout=RATE, attention_dropout=RATE, activation_dropout=RATE),
+    "keras-hub layers (sublayer outputs, embedding sums, attention weights)": None,
+}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jit", default="on", choices=("on", "off"))
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--length", type=int, default=32)
+    parser.add_argument("--vocab", type=int, default=8000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per model per round")
+    args = parser.parse_args(argv)
+
+    import keras
+
+    from benchmarks.alternatives.keras_hub_layers import build_keras_hub_seq2seq
+    from benchmarks.results import machine
+    from benchmarks.train_throughput import fixed_batch
+    from kerasformer import build_seq2seq, preset
+    from kerasformer.training.loss import MaskedLabelSmoothedCrossEntropy
+    from kerasformer.training.schedule import paper_optimizer
+
+    config = preset("small", source_vocab_size=args.vocab, target_vocab_size=args.vocab)
+    inputs, labels, target_tokens = fixed_batch(args.batch, args.length, args.vocab)
+    models = {}
+    for name, rates in SITES.items():
+        keras.utils.set_random_seed(0)
+        model = build_keras_hub_seq2seq(config) if rates is None else build_seq2seq(config.replace(**rates))
+        model.compile(optimizer=paper_optimizer(config.d_model), loss=MaskedLabelSmoothedCrossEntropy(0.1),
+                      jit_compile=args.jit == "on")
+        for _ in range(3):  # trace / compile, then two steps
+            model.train_on_batch(inputs, labels)
+        models[name] = model
+    best = dict.fromkeys(models, float("inf"))
+    for _ in range(args.rounds):
+        for name, model in models.items():
+            started = time.perf_counter()
+            for _ in range(args.steps):
+                model.train_on_batch(inputs, labels)
+            best[name] = min(best[name], (time.perf_counter() - started) / args.steps)
+    print(f"{keras.backend.backend()}, jit_compile {args.jit}, small, {args.batch} x {args.length} "
+          f"({target_tokens} target tokens), {machine()}")
+    for name, seconds in best.items():
+        print(f"{1000 * seconds:7.1f} ms  {target_tokens / seconds:7,.0f} tokens/s  "
+              f"x{best['dropout 0'] / seconds:.2f} of dropout 0  {name}")
+
+
+if __name__ == "__main__":
+    main()
