@@ -197,9 +197,10 @@ def plot_curve(minutes_list, names, runs_root, out):
         for p in line:
             axis.annotate(f"{p['bleu']:.1f}", (p["minutes"], p["bleu"]), textcoords="offset points", xytext=(0, 6),
                           ha="center", fontsize=8)
-    axis.set_xticks(sorted({*minutes_list, *(p["minutes"] for p in points)}))
-    axis.set_xlim(0, max(minutes_list) * 1.05)
-    axis.set_ylim(bottom=0)
+    every_minutes = sorted({*minutes_list, *(p["minutes"] for p in points)})
+    axis.set_xticks(every_minutes)
+    axis.set_xlim(0, max(every_minutes) * 1.05)  # the recorded points too, not only this run's budgets
+    axis.set_ylim(0, max([p["bleu"] for p in points] + [1]) * 1.15)  # room for the labels above the points
     axis.set_xlabel("training minutes (2-core CPU, TensorFlow)")
     axis.set_ylabel("test BLEU (greedy)")
     axis.set_title("More time, more quality: the test books of the embedded corpus", fontsize=9)
