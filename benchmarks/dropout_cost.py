@@ -41,21 +41,17 @@ def main(argv=None):
 
     import keras
 
-    from benchmarks.alternatives.keras_hub_layers import build_keras_hub_seq2seq
     from benchmarks.results import machine
-    from benchmarks.train_throughput import fixed_batch
-    from kerasformer import build_seq2seq, preset
-    from kerasformer.training.loss import MaskedLabelSmoothedCrossEntropy
-    from kerasformer.training.schedule import paper_optimizer
+    from benchmarks.train_throughput import compiled, fixed_batch
+    from kerasformer import preset
 
     config = preset("small", source_vocab_size=args.vocab, target_vocab_size=args.vocab)
     inputs, labels, target_tokens = fixed_batch(args.batch, args.length, args.vocab)
     models = {}
     for name, rates in SITES.items():
-        keras.utils.set_random_seed(0)
-        model = build_keras_hub_seq2seq(config) if rates is None else build_seq2seq(config.replace(**rates))
-        model.compile(optimizer=paper_optimizer(config.d_model), loss=MaskedLabelSmoothedCrossEntropy(0.1),
-                      jit_compile=args.jit == "on")
+        # train_throughput's models, loss, optimizer and seed: only the dropout rates differ
+        model = (compiled("keras-hub layers", config, args.jit == "on") if rates is None
+                 else compiled("ours", config.replace(**rates), args.jit == "on"))
         for _ in range(3):  # trace / compile, then two steps
             model.train_on_batch(inputs, labels)
         models[name] = model
