@@ -60,11 +60,11 @@ from tensorflow_serving.apis import (
 )
 
 from kerasformer.export.serving import predict as predict_rules
+from kerasformer.export.serving.rest_codec import signature_key
 from kerasformer.export.serving.status import StatusError, invalid_argument, not_found
 
 log = logging.getLogger("kerasformer.serve")
 
-DEFAULT_SIGNATURE = "serving_default"  # kDefaultServingSignatureDefKey
 SIGNATURE_DEF_FIELD = "signature_def"  # GetModelMetadataImpl::kSignatureDef
 CLASSIFY_METHOD_NAME = "tensorflow/serving/classify"
 REGRESS_METHOD_NAME = "tensorflow/serving/regress"
@@ -174,7 +174,7 @@ def check_regression_signature(signature):
 
 def find_signature(model, signature_name):
     """`GetClassificationSignatureDef` / `GetRegressionSignatureDef`: "" is serving_default."""
-    signature_name = signature_name or DEFAULT_SIGNATURE
+    signature_name = signature_key(signature_name)
     if signature_name not in model.signature_defs:
         raise invalid_argument(f"No signature was found with the name: {signature_name}")
     return model.signature_defs[signature_name]
@@ -186,7 +186,7 @@ def _not_run(kind, model, signature_name):
     raise StatusError(
         "UNIMPLEMENTED",
         f"kerasformer-serve does not run {kind} signatures (model {model.name} version {model.version}, "
-        f"signature {signature_name or DEFAULT_SIGNATURE!r}); use Predict",
+        f"signature {signature_key(signature_name)!r}); use Predict",
     )
 
 
@@ -248,7 +248,7 @@ class _Services(prediction_service_pb2_grpc.PredictionServiceServicer, model_ser
                 raise invalid_argument("Missing ModelSpec")
             model = self._servable(request.model_spec)
             signature_def = predict_rules.find_signature(model.signature_defs, request.model_spec.signature_name)
-            signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+            signature_name = signature_key(request.model_spec.signature_name)
             response.model_spec.name = request.model_spec.name
             response.model_spec.signature_name = signature_name
             response.model_spec.version.value = model.version
@@ -317,7 +317,7 @@ class _Services(prediction_service_pb2_grpc.PredictionServiceServicer, model_ser
                     model_name = task.model_spec.name
                 elif model_name != task.model_spec.name:
                     raise invalid_argument("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
-                signature_name = task.model_spec.signature_name or DEFAULT_SIGNATURE
+                signature_name = signature_key(task.model_spec.signature_name)
                 if signature_name in seen:
                     raise invalid_argument(f"Duplicate evaluation of signature: {signature_name}")
                 seen.add(signature_name)

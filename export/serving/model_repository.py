@@ -61,7 +61,7 @@ from kerasformer.export.serving.model_config import (  # noqa: F401  (MODEL_NAME
     version_children,
 )
 from kerasformer.export.serving.predict import prepare_inputs
-from kerasformer.export.serving.rest_codec import NUMPY_DTYPES, SignatureSpec, TensorSpec
+from kerasformer.export.serving.rest_codec import NUMPY_DTYPES, SignatureSpec, TensorSpec, signature_key
 from kerasformer.export.serving.status import StatusError, failed_precondition, invalid_argument, not_found
 
 log = logging.getLogger("kerasformer.serve")
@@ -131,7 +131,7 @@ class LoadedModel:
         count = 0
         for record in tf.data.TFRecordDataset(path).take(1000).as_numpy_iterator():
             request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
-            signature = request.model_spec.signature_name or "serving_default"
+            signature = signature_key(request.model_spec.signature_name)
             if signature not in self.signatures:
                 raise ValueError(f"warmup request for unknown signature {signature!r} in {path}")
             # A warmup PredictRequest runs as a gRPC Predict does: SignatureDef defaults apply.

@@ -41,13 +41,21 @@ import math
 
 import numpy as np
 
-from kerasformer.export.serving.rest_codec import MAX_RANK, NUMPY_DTYPES, SignatureSpec, TensorSpec, dtype_name, type_string
+from kerasformer.export.serving.rest_codec import (
+    MAX_RANK,
+    NUMPY_DTYPES,
+    SignatureSpec,
+    TensorSpec,
+    dtype_name,
+    signature_key,
+    type_string,
+)
 from kerasformer.export.serving.status import StatusError, invalid_argument
 
 
 def find_signature(signatures, name):
     """RunPredict's lookup: `name` ("" = serving_default) in {name: signature}."""
-    resolved = name or "serving_default"
+    resolved = signature_key(name)
     if resolved not in signatures:
         raise StatusError("FAILED_PRECONDITION", f'Serving signature key "{resolved}" not found.')
     return signatures[resolved]

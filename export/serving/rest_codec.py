@@ -155,10 +155,19 @@ def _type_error(value, dtype):
                                   " is not of expected type: ", type_string(dtype)))
 
 
+DEFAULT_SIGNATURE = "serving_default"  # kDefaultServingSignatureDefKey
+
+
+def signature_key(name):
+    """The signature a request names, in every API of the real server (REST, gRPC, warmup
+    records): "" or absent means `serving_default`. The one owner of that rule."""
+    return name or DEFAULT_SIGNATURE
+
+
 def signature_lookup(signatures, name):
     """HttpRestApiHandler::GetInfoMap's signature half: "" means serving_default; a name the
     model does not have is INVALID_ARGUMENT (400)."""
-    resolved = name or "serving_default"
+    resolved = signature_key(name)
     if resolved not in signatures:
         raise invalid_argument(f'Serving signature name: "{resolved}" not found in signature def')
     return signatures[resolved]

@@ -98,13 +98,12 @@ from kerasformer.export.serving.rest_codec import (
     json_value_error,
     parse_json_object,
     parse_predict_request,
+    signature_key,
     signature_lookup,
 )
 from kerasformer.export.serving.status import StatusError, failed_precondition, invalid_argument
 
 log = logging.getLogger("kerasformer.serve")
-
-DEFAULT_SIGNATURE = "serving_default"  # kDefaultServingSignatureDefKey
 
 # --- REST answers ----------------------------------------------------------------------------------
 
@@ -379,7 +378,7 @@ class RestApi:
         signature = find_signature(model, signature_name)
         (check_classification_signature if verb == "classify" else check_regression_signature)(signature)
         raise StatusError("UNIMPLEMENTED", f"kerasformer-serve does not run {verb} signatures (model {model.name} "
-                                           f"version {model.version}, signature {signature_name or DEFAULT_SIGNATURE!r}); "
+                                           f"version {model.version}, signature {signature_key(signature_name)!r}); "
                                            f"use :predict")
 
 
