@@ -27,16 +27,20 @@ class Seq2Seq(keras.Model):
     `config.share_embeddings` both hold one `keras.layers.Embedding`,
     "shared_token_embedding": one variable, one vocabulary for both languages
     (and the output projection too with `tie_embeddings`). `get_config` is the
-    config, so loading a `.keras` file builds the same sharing again.
+    config, so loading a `.keras` file builds the same sharing again; it also names the
+    layers frozen with `layer.trainable = False` (by path, e.g. "encoder/block_0"), so a model
+    saved half-frozen for fine-tuning loads half-frozen.
 
     Args:
         config: a `TransformerConfig` (or its dict).
         layer_dtype: a Keras dtype policy name for every layer, e.g.
             "mixed_bfloat16"; None: the global policy's (recorded in `get_config`).
         name: the model's name.
+        frozen_layers: paths of the nested layers to freeze (`trainable = False`), as
+            `get_config` records them; every other layer stays trainable.
     """
 
-    def __init__(self, config, layer_dtype=None, name="transformer", **kwargs):
+    def __init__(self, config, layer_dtype=None, name="transformer", frozen_layers=(), **kwargs):
         if isinstance(config, dict):
             config = TransformerConfig.from_dict(config)
         # Recorded by name, so a file saved under a global policy loads in that policy.
@@ -86,6 +90,25 @@ class Seq2Seq(keras.Model):
         )
         self.transformer_config = config
         self.layer_dtype = layer_dtype
+        self._freeze(frozen_layers)
+
+    def _layers_by_path(self):
+        """{path: layer} for every nested layer that has a path (those that hold weights),
+        parents before their children."""
+        layers = {layer.path: layer for layer in self._flatten_layers(include_self=False) if layer.path}
+        return dict(sorted(layers.items(), key=lambda item: item[0].count("/")))
+
+    def _freeze(self, frozen_layers):
+        layers = self._layers_by_path()
+        unknown = sorted(set(frozen_layers) - set(layers))
+        if unknown:
+            raise ValueError(f"frozen_layers names layers this model does not have: {unknown}")
+        # Parents first: freezing a layer freezes its children, and a child that was left
+        # trainable under a frozen parent is made trainable again after it.
+        for path, layer in layers.items():
+            trainable = path not in frozen_layers
+            if layer.trainable != trainable:
+                layer.trainable = trainable
 
     def get_config(self):
         return {
@@ -93,6 +116,7 @@ class Seq2Seq(keras.Model):
             "trainable": self.trainable,
             "config": self.transformer_config.to_dict(),
             "layer_dtype": self.layer_dtype,
+            "frozen_layers": [path for path, layer in self._layers_by_path().items() if not layer.trainable],
         }
 
     @classmethod

@@ -220,3 +220,29 @@ def test_wrong_input_rank_is_refused():
     tokens = batch()
     with pytest.raises(ValueError, match="incompatible shape"):
         model({"encoder_tokens": tokens["encoder_tokens"][0], "decoder_tokens": tokens["decoder_tokens"]})
+
+
+def test_frozen_layers_stay_frozen_through_a_keras_file(tmp_path):
+    """Fine-tuning freezes parts of a model; a .keras round trip keeps exactly those frozen,
+    including a child made trainable again under a frozen parent."""
+    model = tiny_model()
+    model.get_layer("encoder").trainable = False
+    model.get_layer("encoder").blocks[-1].feed_forward.trainable = True
+    model.get_layer("decoder").blocks[0].cross_attention.trainable = False
+    assert 0 < len(model.trainable_variables) < len(model.variables)
+
+    def flags(m):
+        return {path: layer.trainable for path, layer in m._layers_by_path().items()}
+
+    _, _, loaded = round_trip(model, tmp_path, batch())
+    assert flags(loaded) == flags(model)
+    assert [v.path for v in loaded.trainable_variables] == [v.path for v in model.trainable_variables]
+    assert not loaded.get_layer("encoder").blocks[0].self_attention.trainable
+    assert loaded.get_layer("encoder").blocks[-1].feed_forward.trainable
+
+
+def test_a_fully_trainable_model_records_no_frozen_layers_and_unknown_paths_are_refused():
+    model = tiny_model()
+    assert model.get_config()["frozen_layers"] == []
+    with pytest.raises(ValueError, match="nowhere"):
+        type(model).from_config({**model.get_config(), "frozen_layers": ["nowhere"]})
