@@ -99,6 +99,8 @@ class Seq2Seq(keras.Model):
         return dict(sorted(layers.items(), key=lambda item: item[0].count("/")))
 
     def _freeze(self, frozen_layers):
+        if not frozen_layers:  # the common case: no walk over every layer at construction
+            return
         layers = self._layers_by_path()
         unknown = sorted(set(frozen_layers) - set(layers))
         if unknown:
