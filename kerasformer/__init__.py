@@ -7,6 +7,7 @@ from kerasformer.add_norm import AddNorm
 from kerasformer.attention import MultiHeadAttention, scaled_dot_product_attention
 from kerasformer.config import PRESETS, TransformerConfig, preset
 from kerasformer.decoder import Decoder, DecoderBlock
+from kerasformer.dropout import PairedDropout
 from kerasformer.embedding import PositionalEmbedding, positional_encoding
 from kerasformer.encoder import Encoder, EncoderBlock
 from kerasformer.feed_forward import FeedForward
@@ -23,6 +24,7 @@ __all__ = [
     "EncoderBlock",
     "FeedForward",
     "MultiHeadAttention",
+    "PairedDropout",
     "PRESETS",
     "PositionalEmbedding",
     "TransformerConfig",

@@ -2,6 +2,8 @@
 
 import keras
 
+from kerasformer.dropout import dropout_layer
+
 
 @keras.saving.register_keras_serializable(package="kerasformer")
 class AddNorm(keras.layers.Layer):
@@ -19,6 +21,7 @@ class AddNorm(keras.layers.Layer):
     Args:
         dropout: rate applied to the sublayer output ("residual dropout", 5.4).
         norm_first: pre-norm instead of post-norm.
+        fused: the dropout draws half the random numbers (`PairedDropout`).
         epsilon: LayerNorm epsilon.
 
     Call arguments:
@@ -39,11 +42,12 @@ class AddNorm(keras.layers.Layer):
         (2, 5, 16)
     """
 
-    def __init__(self, dropout=0.0, norm_first=False, epsilon=1e-6, **kwargs):
+    def __init__(self, dropout=0.0, norm_first=False, epsilon=1e-6, fused=True, **kwargs):
         super().__init__(**kwargs)
         self.dropout = dropout
         self.norm_first = norm_first
         self.epsilon = epsilon
+        self.fused = fused
         # Passes the padding mask of its first input through unchanged.
         self.supports_masking = True
 
@@ -52,7 +56,7 @@ class AddNorm(keras.layers.Layer):
             epsilon=self.epsilon, name="layer_norm", dtype=self.dtype_policy
         )
         self.layer_norm.build(x_shape)
-        self.residual_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self.residual_dropout = dropout_layer(self.dropout, self.fused, dtype=self.dtype_policy)
 
     def call(self, x, sublayer, training=None):
         if self.norm_first:  # x + Dropout(Sublayer(LayerNorm(x)))
@@ -69,6 +73,7 @@ class AddNorm(keras.layers.Layer):
             "dropout": self.dropout,
             "norm_first": self.norm_first,
             "epsilon": self.epsilon,
+            "fused": self.fused,
         }
 
 

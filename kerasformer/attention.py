@@ -5,6 +5,7 @@ import math
 import keras
 from keras import ops
 
+from kerasformer.dropout import dropout_layer
 from kerasformer.feed_forward import position_wise
 from kerasformer.masks import causal_mask
 
@@ -151,7 +152,7 @@ class MultiHeadAttention(keras.layers.Layer):
         self.key_dense = projection("key", key_shape)  # W^K
         self.value_dense = projection("value", value_shape)  # W^V
         self.output_dense = projection("output", tuple(query_shape[:-1]) + (d_model,))  # W^O
-        self.weights_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self.weights_dropout = dropout_layer(self.dropout, self.fused, dtype=self.dtype_policy)
 
     def split_heads(self, x):
         """`(batch, length, d_model)` -> `(batch, num_heads, length, d_k)`."""

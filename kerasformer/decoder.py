@@ -62,7 +62,7 @@ class DecoderBlock(keras.layers.Layer):
         encoder_output_shape = encoder_output_shape or x_shape
 
         def add_norm(name):
-            layer = AddNorm(self.dropout, self.norm_first, name=name, dtype=policy)
+            layer = AddNorm(self.dropout, self.norm_first, fused=self.fused, name=name, dtype=policy)
             layer.build(x_shape)
             return layer
 
@@ -203,7 +203,7 @@ class Decoder(keras.layers.Layer):
         policy = self.dtype_policy
         self.embedding = PositionalEmbedding(
             self.vocab_size, self.d_model, self.max_length, self.positional, self.dropout,
-            token_embedding=self.token_embedding, name="embedding", dtype=policy,
+            token_embedding=self.token_embedding, fused=self.fused, name="embedding", dtype=policy,
         )
         self.embedding.build(token_ids_shape)
         x_shape = tuple(token_ids_shape) + (self.d_model,)

@@ -5,6 +5,7 @@ import math
 import keras
 from keras import ops
 
+from kerasformer.dropout import dropout_layer
 from kerasformer.masks import padding_mask
 
 
@@ -56,6 +57,7 @@ class PositionalEmbedding(keras.layers.Layer):
         positional: "sinusoidal" (the paper) or "learned" (section 3.5 notes that
             learned positions performed nearly identically).
         dropout: dropout rate on the sum.
+        fused: the dropout draws half the random numbers (`PairedDropout`).
         token_embedding: a `keras.layers.Embedding` owned elsewhere and shared (the
             encoder's and decoder's, one vocabulary for both languages); None creates
             one. Not part of `get_config`: the model that shares it (`Seq2Seq`) builds
@@ -76,7 +78,7 @@ class PositionalEmbedding(keras.layers.Layer):
 
     def __init__(
         self, vocab_size, d_model, max_length, positional="sinusoidal", dropout=0.0, token_embedding=None,
-        **kwargs,
+        fused=True, **kwargs,
     ):
         super().__init__(**kwargs)
         if positional not in ("sinusoidal", "learned"):
@@ -88,6 +90,7 @@ class PositionalEmbedding(keras.layers.Layer):
         self.max_length = max_length
         self.positional = positional
         self.dropout = dropout
+        self.fused = fused
         if token_embedding is not None and (token_embedding.input_dim, token_embedding.output_dim) != (vocab_size, d_model):
             raise ValueError(
                 f"the shared token embedding is ({token_embedding.input_dim}, {token_embedding.output_dim}), "
@@ -108,7 +111,7 @@ class PositionalEmbedding(keras.layers.Layer):
                 self.max_length, self.d_model, name="position_embedding", dtype=self.dtype_policy
             )
             self.position_embedding.build((None,))
-        self.sum_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self.sum_dropout = dropout_layer(self.dropout, self.fused, dtype=self.dtype_policy)
 
     @property
     def embeddings(self):
@@ -160,4 +163,5 @@ class PositionalEmbedding(keras.layers.Layer):
             "max_length": self.max_length,
             "positional": self.positional,
             "dropout": self.dropout,
+            "fused": self.fused,
         }

@@ -49,7 +49,7 @@ class EncoderBlock(keras.layers.Layer):
         )
         self.self_attention.build(x_shape, x_shape)
         self.self_attention_add_norm = AddNorm(
-            self.dropout, self.norm_first, name="self_attention_add_norm", dtype=policy
+            self.dropout, self.norm_first, fused=self.fused, name="self_attention_add_norm", dtype=policy
         )
         self.self_attention_add_norm.build(x_shape)
         self.feed_forward = FeedForward(
@@ -57,7 +57,7 @@ class EncoderBlock(keras.layers.Layer):
         )
         self.feed_forward.build(x_shape)
         self.feed_forward_add_norm = AddNorm(
-            self.dropout, self.norm_first, name="feed_forward_add_norm", dtype=policy
+            self.dropout, self.norm_first, fused=self.fused, name="feed_forward_add_norm", dtype=policy
         )
         self.feed_forward_add_norm.build(x_shape)
 
@@ -136,7 +136,7 @@ class Encoder(keras.layers.Layer):
         policy = self.dtype_policy
         self.embedding = PositionalEmbedding(
             self.vocab_size, self.d_model, self.max_length, self.positional, self.dropout,
-            token_embedding=self.token_embedding, name="embedding", dtype=policy,
+            token_embedding=self.token_embedding, fused=self.fused, name="embedding", dtype=policy,
         )
         self.embedding.build(token_ids_shape)
         x_shape = tuple(token_ids_shape) + (self.d_model,)

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from kerasformer.dropout import dropout_layer
+
 
 def position_wise(function, x):
     """`function` applied to every position of `x` at once, through the 2-D view of `x`:
@@ -32,7 +34,8 @@ class FeedForward(keras.layers.Layer):
     Args:
         d_ff: inner width (2048 in the base model).
         dropout: dropout rate on the inner activation (0: none, the paper).
-        fused: run on the 2-D view of `x` (`position_wise`); the same function.
+        fused: run on the 2-D view of `x` (`position_wise`), the same function,
+            and draw the dropout from half the random numbers (`PairedDropout`).
 
     Call arguments:
         x: `(batch, length, d_model)`.
@@ -60,7 +63,7 @@ class FeedForward(keras.layers.Layer):
             self.d_ff, activation="relu", name="inner", dtype=self.dtype_policy
         )  # max(0, x W_1 + b_1)
         self.inner_dense.build(x_shape)
-        self.inner_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self.inner_dropout = dropout_layer(self.dropout, self.fused, dtype=self.dtype_policy)
         self.output_dense = keras.layers.Dense(d_model, name="output", dtype=self.dtype_policy)
         self.output_dense.build(tuple(x_shape[:-1]) + (self.d_ff,))  # (.) W_2 + b_2
 
