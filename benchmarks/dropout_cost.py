@@ -2,7 +2,9 @@
 preset with dropout 0, where the paper puts it (sublayer outputs and embedding sums,
 TransformerConfig `dropout`), plus the attention weights (`attention_dropout`), plus the
 FFN's inner activation (`activation_dropout`), everywhere, and keras-hub's layers at their
-own placement, one process, one fixed batch, interleaved rounds.
+own placement, one process, one fixed batch, interleaved rounds. The paper's sites and
+everywhere run twice: with the fused path's `PairedDropout` (the default) and with
+`keras.layers.Dropout` in the same otherwise fused model, what the paired mask buys.
 
     KERAS_BACKEND=jax python benchmarks/dropout_cost.py [--jit on|off] [--rounds 5] [--steps 5]
 
@@ -11,6 +13,7 @@ loss, optimizer and vocabularies as benchmarks/train_throughput.py. Timings only
 """
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -19,14 +22,35 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 RATE = 0.1
+PLAIN = " (keras.layers.Dropout)"
 SITES = {
     "dropout 0": dict(dropout=0.0),
     "paper's sites (sublayer outputs, embedding sums)": dict(dropout=RATE),
+    "paper's sites (sublayer outputs, embedding sums)" + PLAIN: dict(dropout=RATE),
     "+ attention weights": dict(dropout=RATE, attention_dropout=RATE),
     "+ FFN inner activation": dict(dropout=RATE, activation_dropout=RATE),
     "everywhere": dict(dropout=RATE, attention_dropout=RATE, activation_dropout=RATE),
+    "everywhere" + PLAIN: dict(dropout=RATE, attention_dropout=RATE, activation_dropout=RATE),
     "keras-hub layers (sublayer outputs, embedding sums, attention weights)": None,
 }
+
+
+@contextlib.contextmanager
+def plain_dropout():
+    """Layers built inside take `keras.layers.Dropout` where the fused path takes `PairedDropout`."""
+    import keras
+
+    from kerasformer import add_norm, attention, embedding, feed_forward
+
+    modules = (add_norm, attention, embedding, feed_forward)
+    saved = [module.dropout_layer for module in modules]
+    for module in modules:
+        module.dropout_layer = lambda rate, fused, **kwargs: keras.layers.Dropout(rate, **kwargs)
+    try:
+        yield
+    finally:
+        for module, function in zip(modules, saved):
+            module.dropout_layer = function
 
 
 def main(argv=None):
@@ -50,8 +74,9 @@ def main(argv=None):
     models = {}
     for name, rates in SITES.items():
         # train_throughput's models, loss, optimizer and seed: only the dropout rates differ
-        model = (compiled("keras-hub layers", config, args.jit == "on") if rates is None
-                 else compiled("ours", config.replace(**rates), args.jit == "on"))
+        with plain_dropout() if name.endswith(PLAIN) else contextlib.nullcontext():
+            model = (compiled("keras-hub layers", config, args.jit == "on") if rates is None
+                     else compiled("ours", config.replace(**rates), args.jit == "on"))
         for _ in range(3):  # trace / compile, then two steps
             model.train_on_batch(inputs, labels)
         models[name] = model
