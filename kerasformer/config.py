@@ -53,9 +53,10 @@ class TransformerConfig:
             `feed_forward.position_wise`). False runs the plain path the
             docstrings describe; the weights and `.keras` files are the same
             either way (benchmarks/train_throughput.py --compare-fused times both).
-            Fused dropout (`PairedDropout`) takes two keep-or-drop decisions from
-            each random number, half the random numbers of `keras.layers.Dropout`
-            (benchmarks/dropout_cost.py), with P_drop rounded to a multiple of 1/2048.
+            Fused dropout (`PairedDropout`, TensorFlow and JAX) takes two keep-or-drop
+            decisions from each random number, half the random numbers of
+            `keras.layers.Dropout` (benchmarks/dropout_cost.py), with P_drop rounded
+            to a multiple of 1/2048.
     """
 
     source_vocab_size: int = 8000
