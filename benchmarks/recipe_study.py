@@ -110,8 +110,9 @@ def study_variant(name, minutes, runs, backend):
 
 
 def row(name, run_dir, recorded=None):
-    """The table row of a scored run folder. A row `recorded` before keeps its description:
-    the base config may have changed since."""
+    """The table row of a scored run folder. A row `recorded` before from this same run (same
+    steps, same day) keeps its description: the base config may have changed since. A run
+    trained again takes the variant's description of today."""
     import sacrebleu
 
     from kerasformer.training.corpus_reader import read_corpus
@@ -123,9 +124,13 @@ def row(name, run_dir, recorded=None):
     hypotheses = open(run.eval_file("test.hyp.txt"), encoding="utf-8").read().splitlines()
     references = read_corpus(scores["file"]).targets
     bleu = sacrebleu.metrics.BLEU().corpus_score(hypotheses, [references])
+    # The day it was scored: step counts and tokens/s move from day to day on shared machines.
+    date = datetime.datetime.fromtimestamp(os.path.getmtime(run.eval_file("test.scores.json")),
+                                           datetime.timezone.utc).date().isoformat()
+    same_run = recorded and (recorded.get("steps"), recorded.get("date")) == (metrics["total_steps"], date)
     return {
         "variant": name,
-        "what": recorded["what"] if recorded else VARIANTS[base(name)][0],
+        "what": recorded["what"] if same_run else VARIANTS[base(name)][0],
         "bleu": scores["bleu"],
         "chrf": scores["chrf"],
         "val_loss": round(min(metrics["history"].get("val_loss", [float("nan")])), 3),
@@ -133,9 +138,7 @@ def row(name, run_dir, recorded=None):
         "tokens_per_second": metrics["train_tokens_per_second"],
         "distinct": round(len(set(hypotheses)) / max(len(hypotheses), 1), 3),
         "length_ratio": round(bleu.sys_len / max(bleu.ref_len, 1), 3),
-        # The day it was scored: step counts and tokens/s move from day to day on shared machines.
-        "date": datetime.datetime.fromtimestamp(os.path.getmtime(run.eval_file("test.scores.json")),
-                                                datetime.timezone.utc).date().isoformat(),
+        "date": date,
     }
 
 

@@ -53,3 +53,17 @@ def test_the_curve_keeps_recorded_points_whose_run_folders_are_gone(tmp_path):
         ("chosen", 12, 10.0), ("chosen", 30, 25.0), ("paper", 12, 2.0)]
     assert points[0] == first[0]
     assert os.path.getsize(out + ".png") > 0
+
+
+def test_a_variant_trained_again_takes_today_s_description(tmp_path):
+    runs, out = tmp_path / "runs", str(tmp_path / "quality_curve")
+    scored_run(runs / "12min" / "paper", REFERENCES, steps=20)
+    plot_curve([12], ["paper"], str(runs), out)
+    record = json.load(open(out + ".json", encoding="utf-8"))
+    today = record["points"][0]["what"]
+    record["points"][0]["what"] = "the placement of an earlier day"
+    json.dump(record, open(out + ".json", "w", encoding="utf-8"))
+    os.rename(runs, tmp_path / "gone")
+    scored_run(runs / "12min" / "paper", REFERENCES, steps=35)  # trained again: another run
+    plot_curve([12], ["paper"], str(runs), out)
+    assert json.load(open(out + ".json", encoding="utf-8"))["points"][0]["what"] == today
