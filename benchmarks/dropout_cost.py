@@ -67,7 +67,7 @@ def main(argv=None):
 
     from benchmarks.results import machine
     from benchmarks.train_throughput import compiled, fixed_batch
-    from kerasformer import preset
+    from kerasformer import PairedDropout, preset
 
     config = preset("small", source_vocab_size=args.vocab, target_vocab_size=args.vocab)
     inputs, labels, target_tokens = fixed_batch(args.batch, args.length, args.vocab)
@@ -77,6 +77,9 @@ def main(argv=None):
         with plain_dropout() if name.endswith(PLAIN) else contextlib.nullcontext():
             model = (compiled("keras-hub layers", config, args.jit == "on") if rates is None
                      else compiled("ours", config.replace(**rates), args.jit == "on"))
+        if name.endswith(PLAIN):  # a module that builds a dropout and is not patched would show here
+            paired = [layer.path for layer in model._flatten_layers() if isinstance(layer, PairedDropout)]
+            assert not paired, f"{name}: still PairedDropout in {paired}"
         for _ in range(3):  # trace / compile, then two steps
             model.train_on_batch(inputs, labels)
         models[name] = model

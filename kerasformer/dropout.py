@@ -19,7 +19,8 @@ LEVELS = 2048
 
 # The backends where the paired mask is the cheaper one. Under torch, `keras.layers.Dropout`
 # is torch's own dropout kernel (`F.dropout`, unseeded), faster than a mask built from ops
-# (7.1-7.8 ms against 6.3-6.5 ms for forward and backward of 32 x 32 x 512, 2026-12-03), and
+# (7.1-7.8 ms against 6.3-6.5 ms for forward and backward of 32 x 32 x 512, 2026-12-03, one
+# thread, measured beside a training run: a rough figure), and
 # a seeded draw is a graph break under `torch.compile`; there PairedDropout is keras's Dropout.
 PAIRED_BACKENDS = ("tensorflow", "jax")
 
