@@ -133,7 +133,7 @@ def row(name, run_dir, recorded=None):
         "what": recorded["what"] if same_run else VARIANTS[base(name)][0],
         "bleu": scores["bleu"],
         "chrf": scores["chrf"],
-        "val_loss": round(min(metrics["history"].get("val_loss", [float("nan")])), 3),
+        "val_loss": round(metrics.get("best_val_loss") or min(metrics["history"].get("val_loss", [float("nan")])), 3),
         "steps": metrics["total_steps"],
         "tokens_per_second": metrics["train_tokens_per_second"],
         "distinct": round(len(set(hypotheses)) / max(len(hypotheses), 1), 3),

@@ -15,7 +15,7 @@ state and schedule step it had (training/resume.py). The run folder
     best.keras, last.keras best (lowest validation loss) and last model
     backup/                the resumable state: state.json + step-N.weights.h5
     logs/                  TensorBoard logs
-    metrics.json           per-epoch history, tokens/s, wall time
+    metrics.json           per-epoch history, best validation loss, tokens/s, wall time
     curves.png             train/validation loss and accuracy
 
 Progress goes to stderr: a bar per epoch (loss, tokens/s, time left) on a terminal,
@@ -24,6 +24,7 @@ a line every --progress-seconds in a log file.
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -235,6 +236,9 @@ def summary(progress, start_epoch, stopped_by_budget, throughput, tokens_per_ste
     tokens_trained = tokens_per_step * throughput.steps
     return {
         "history": progress.history,
+        # The lowest validation loss of the run (best.keras's): history keeps whole epochs only, and
+        # an epoch a time budget cuts short is validated too, so it may be lower than history's.
+        "best_val_loss": round(progress.best, 4) if math.isfinite(progress.best) else None,
         "epochs_run": progress.epoch - start_epoch,  # by this command; history holds all
         "epochs_total": progress.epoch,
         "stopped_by_time_budget": stopped_by_budget,
