@@ -61,6 +61,8 @@ VARIANTS = {
     "post-norm": ("post-norm (the paper's placement)", ["--model", '{"norm_first": false}']),
     "shared-vocab": ("one vocabulary of 8000 for both languages; source, target and output embeddings "
                      "tied (the paper's section 3.4)", ["--shared-vocabulary", "--vocabulary-size", "8000"]),
+    "shared-vocab-4k": ("one vocabulary of 4000 for both languages; source, target and output embeddings tied",
+                        ["--shared-vocabulary", "--vocabulary-size", "4000"]),
     "vocab-2k": ("vocabulary 2000 per side", ["--vocabulary-size", "2000"]),
     "vocab-8k": ("vocabulary 8000 per side", ["--vocabulary-size", "8000"]),
     "batch-2048": ("2048-token batches", ["--batch-tokens", "2048"]),
@@ -198,8 +200,10 @@ def plot_curve(minutes_list, names, runs_root, out):
         what = VARIANTS[base(name)][0].split("(")[0].split(":")[0].strip()
         axis.plot([p["minutes"] for p in line], [p["bleu"] for p in line], marker="o", label=f"{name}: {what}")
         for p in line:
-            axis.annotate(f"{p['bleu']:.1f}", (p["minutes"], p["bleu"]), textcoords="offset points", xytext=(0, 6),
-                          ha="center", fontsize=8)
+            # a point just under another line's point at the same minutes gets its label below it
+            crowded = any(q["minutes"] == p["minutes"] and 0 < q["bleu"] - p["bleu"] < 2 for q in points)
+            axis.annotate(f"{p['bleu']:.1f}", (p["minutes"], p["bleu"]), textcoords="offset points",
+                          xytext=(0, -12 if crowded else 6), ha="center", fontsize=8)
     every_minutes = sorted({*minutes_list, *(p["minutes"] for p in points)})
     axis.set_xticks(every_minutes)
     axis.set_xlim(0, max(every_minutes) * 1.05)  # the recorded points too, not only this run's budgets
