@@ -1,6 +1,7 @@
 """The main job's trainer with and without a compiled training step, one after the other.
 
     python benchmarks/trainer_jit.py [--minutes 4] [--backend tensorflow] [--settings off,on,off,on]
+    python benchmarks/trainer_jit.py --settings tensorflow:off,jax:on   # the main job per backend
 
 `train_throughput.py` times `train_on_batch` on one fixed batch; the trainer meets a batch
 shape per length bucket (up to 12 under the main job's settings), and a compiled step
@@ -14,7 +15,9 @@ that order (repeat a setting to interleave rounds), each in a fresh run folder t
 SentencePiece models of the first run (so every run trains the same batches), and prints
 steps, target tokens/s (metrics.json `train_tokens_per_second`: from the end of the first
 step to the end of training, validation left out; compiling later bucket shapes counts) and
-each setting's tokens/s over the first setting's.
+each setting's tokens/s over the first setting's. A setting may name its backend
+(`jax:on`): each backend then runs with its own default, side by side, which is how the main
+job under JAX (compiled, its default) is compared with the main job under TensorFlow.
 
 Compare only figures of one run; the table names the machine and date. Never a test.
 """
@@ -33,6 +36,7 @@ sys.path.insert(0, ROOT)
 
 CONFIG = os.path.join(ROOT, "training", "configs", "small_en_es.toml")
 SETTINGS = {"off": "--no-jit-compile", "on": "--jit-compile"}
+BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def parse_args(argv=None):
@@ -42,7 +46,8 @@ def parse_args(argv=None):
     parser.add_argument("--backend", default=os.environ.get("KERAS_BACKEND", "tensorflow"),
                         help="KERAS_BACKEND of the trainer")
     parser.add_argument("--settings", default="off,on,off,on",
-                        help="jit_compile of each run, in order: off or on, comma-separated")
+                        help="jit_compile of each run, in order: off or on, comma-separated; "
+                             "BACKEND:off or BACKEND:on runs that one under KERAS_BACKEND=BACKEND")
     parser.add_argument("--work-dir", default=os.path.join(ROOT, "runs", "trainer-jit"),
                         help="run folders and logs")
     parser.add_argument("--out", default="trainer_jit", help="name of the results in benchmarks/results/")
@@ -51,10 +56,19 @@ def parse_args(argv=None):
                              "with the same --settings and --work-dir")
     args = parser.parse_args(argv)
     args.settings = [setting.strip() for setting in args.settings.split(",")]
-    unknown = [setting for setting in args.settings if setting not in SETTINGS]
+    unknown = [setting for setting in args.settings
+               if split_setting(setting, args.backend)[1] not in SETTINGS
+               or split_setting(setting, args.backend)[0] not in BACKENDS]
     if unknown:
-        parser.error(f"--settings: {unknown} not in {sorted(SETTINGS)}")
+        parser.error(f"--settings: {unknown}: each must be one of {sorted(SETTINGS)}, "
+                     f"optionally after BACKEND: with BACKEND one of {BACKENDS}")
     return args
+
+
+def split_setting(setting, default_backend):
+    """("jax", "on") for "jax:on"; (default_backend, "on") for "on"."""
+    backend, _, jit = setting.rpartition(":")
+    return backend or default_backend, jit
 
 
 # The progress line that ends an epoch: "epoch 2/1000: 1089/1089 steps in 1:35, ..., 10225 tokens/s".
@@ -63,7 +77,8 @@ EPOCH_END = re.compile(r"epoch (\d+)/\d+: (\d+)/\d+ steps in [\d:]+,.* val_loss 
 
 def run_trainer(args, index, setting, tokenizers):
     """One budgeted run; returns its record and the folder of its SentencePiece models."""
-    run_dir = os.path.join(args.work_dir, f"{index}-{setting}")
+    backend, jit = split_setting(setting, args.backend)
+    run_dir = os.path.join(args.work_dir, f"{index}-{setting.replace(':', '-')}")
     log = run_dir + ".log"
     wall = None
     if not args.report_only:
@@ -71,15 +86,15 @@ def run_trainer(args, index, setting, tokenizers):
         if tokenizers:
             shutil.copytree(tokenizers, os.path.join(run_dir, "tokenizers"))
         command = [sys.executable, "-m", "kerasformer.training.train", "--config", CONFIG, "--run-dir", run_dir,
-                   "--time-budget-minutes", f"{args.minutes:g}", SETTINGS[setting], "--log-level", "info"]
-        print(f"run {index} ({setting}): {args.minutes:g} min, KERAS_BACKEND={args.backend}; log {log}",
+                   "--time-budget-minutes", f"{args.minutes:g}", SETTINGS[jit], "--log-level", "info"]
+        print(f"run {index} ({setting}): {args.minutes:g} min, KERAS_BACKEND={backend}; log {log}",
               file=sys.stderr, flush=True)
         started = time.monotonic()
         with open(log, "w", encoding="utf-8") as file:
             file.write("$ " + " ".join(command) + "\n")
             file.flush()
             code = subprocess.call(command, cwd=ROOT, stdout=file, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "KERAS_BACKEND": args.backend})
+                                   env={**os.environ, "KERAS_BACKEND": backend})
         if code:
             raise RuntimeError(f"the trainer exited with {code}; see {log}")
         wall = round(time.monotonic() - started, 1)
@@ -100,6 +115,7 @@ def run_trainer(args, index, setting, tokenizers):
                 val_losses.append(float(match.group(3)))
     record = {
         "setting": setting,
+        "backend": backend,
         "jit_compile": resolved.get("train", resolved).get("jit_compile"),
         "steps": metrics["total_steps"],
         "tokens_per_second": metrics["train_tokens_per_second"],
@@ -129,8 +145,10 @@ def main(argv=None):
              f"{r['tokens_per_second'] / baseline:.2f}",
              ", ".join(f"{t:,}" for t in r["epoch_tokens_per_second"]),
              "" if r["best_val_loss"] is None else f"{r['best_val_loss']:.3f}"] for i, r in enumerate(records)]
+    backends = sorted({r["backend"] for r in records})
     notes = [
-        f"The main job's config (training/configs/small_en_es.toml) under KERAS_BACKEND={args.backend}, "
+        f"The main job's config (training/configs/small_en_es.toml) under KERAS_BACKEND={'/'.join(backends)} "
+        "(a setting's prefix names its backend), "
         f"{args.minutes:g} minutes each, one run after another in this order, the same SentencePiece models.",
         "jit_compile off: TensorFlow's graph (traced twice, then one shape-relaxed graph for every bucket), "
         "JAX op by op; on: XLA under TensorFlow, jax.jit under JAX, one program per bucket shape, compiled "
@@ -141,7 +159,9 @@ def main(argv=None):
         f"`python benchmarks/trainer_jit.py --minutes {args.minutes:g} --backend {args.backend} "
         f"--settings {','.join(args.settings)}`",
     ]
-    write_table(args.out, "The main job's trainer with and without a compiled step",
+    title = "The main job's trainer with and without a compiled step" if len(backends) == 1 else \
+        f"The main job's trainer under {' and '.join(backends)}"
+    write_table(args.out, title,
                 ["run", "jit_compile", "steps", "target tokens/s", f"ratio to '{first}'",
                  "per epoch", "best val loss"],
                 rows, notes, extra={"runs": records, "minutes": args.minutes, "backend": args.backend})
