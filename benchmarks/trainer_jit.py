@@ -56,9 +56,8 @@ def parse_args(argv=None):
                              "with the same --settings and --work-dir")
     args = parser.parse_args(argv)
     args.settings = [setting.strip() for setting in args.settings.split(",")]
-    unknown = [setting for setting in args.settings
-               if split_setting(setting, args.backend)[1] not in SETTINGS
-               or split_setting(setting, args.backend)[0] not in BACKENDS]
+    parsed = {setting: split_setting(setting, args.backend) for setting in args.settings}
+    unknown = [setting for setting, (backend, jit) in parsed.items() if jit not in SETTINGS or backend not in BACKENDS]
     if unknown:
         parser.error(f"--settings: {unknown}: each must be one of {sorted(SETTINGS)}, "
                      f"optionally after BACKEND: with BACKEND one of {BACKENDS}")
