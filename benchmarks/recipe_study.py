@@ -36,16 +36,16 @@ if ROOT not in sys.path:  # also runnable as `python benchmarks/recipe_study.py`
 BASE_CONFIG = os.path.join(ROOT, "training", "configs", "small_en_es.toml")
 
 # name -> (what it tests, flags over the base config). The base config is the chosen recipe;
-# `--model` changes its model table setting by setting (pre-norm, no dropout, 3+1 stay unless named).
+# `--model` changes its model table setting by setting (pre-norm, no dropout, 2+2 stay unless named).
 VARIANTS = {
     "chosen": ("the main job's config as committed (pre-norm, no dropout, vocab 4000, 1024-token batches, "
-               "budget schedule, peak 0.0022, 3 encoder blocks and 1 decoder block)", []),
+               "budget schedule, peak 0.0022, 2 encoder and 2 decoder blocks)", []),
     "layers-3-3": ("3+3 layers (the chosen config until 2026-12-02)",
-                   ["--model", '{"num_decoder_layers": 3}']),
+                   ["--model", '{"num_layers": 3, "num_decoder_layers": 3}']),
     "paper": ("the paper's recipe: vocab 8000, 2048-token batches, post-norm, dropout 0.1 where the paper puts it, "
               "Noam schedule, warmup 300",
               ["--vocabulary-size", "8000", "--batch-tokens", "2048",
-               "--model", '{"norm_first": false, "dropout": 0.1, "num_decoder_layers": 3}',  # 3+3, the paper's shape
+               "--model", '{"norm_first": false, "dropout": 0.1, "num_layers": 3, "num_decoder_layers": 3}',  # 3+3
                "--learning-rate-schedule", "paper", "--warmup-steps", "300", "--peak-learning-rate", "0"]),
     "noam": ("the paper's schedule (inverse square root, the paper's peak) instead of the budget's",
              ["--learning-rate-schedule", "paper", "--peak-learning-rate", "0"]),
@@ -70,11 +70,11 @@ VARIANTS = {
     "wide": ("d_model 256, 2+2 layers (width against depth at equal time)",
              ["--model", '{"d_model": 256, "d_ff": 1024, "num_layers": 2, "num_decoder_layers": 2}']),
     "deep": ("d_model 128, 6+6 layers", ["--model", '{"num_layers": 6, "num_decoder_layers": 6}']),
-    "layers-2": ("d_model 128, 2+2 layers (more steps of a shallower model)",
+    "layers-2": ("d_model 128, 2+2 layers (more steps of a shallower model; the chosen config since 2026-12-04)",
                  ["--model", '{"num_layers": 2, "num_decoder_layers": 2}']),
     "encoder-4-decoder-2": ("4 encoder and 2 decoder blocks (a deep encoder, a shallow decoder: Kasai et al. 2021)",
                             ["--model", '{"num_layers": 4, "num_decoder_layers": 2}']),
-    "encoder-3-decoder-1": ("3 encoder blocks and 1 decoder block",
+    "encoder-3-decoder-1": ("3 encoder blocks and 1 decoder block (the chosen config 2026-12-02 to 2026-12-04)",
                             ["--model", '{"num_layers": 3, "num_decoder_layers": 1}']),
 }
 

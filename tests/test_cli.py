@@ -143,8 +143,8 @@ def test_model_flag_changes_the_config_files_model_table_setting_by_setting(tmp_
                                                                 "num_decoder_layers": 1}
     assert config.parse_args(["--model", '{"dropout": 0.1}']).model == {"dropout": 0.1}  # no file: the flag's table
     shipped = config.parse_args(["--config", os.path.join(ROOT, "training", "configs", "small_en_es.toml"),
-                                 "--model", '{"num_layers": 2}']).model_config(4000, 4000)
-    assert (shipped.num_layers, shipped.num_decoder_layers, shipped.norm_first) == (2, 1, True)
+                                 "--model", '{"num_layers": 3}']).model_config(4000, 4000)
+    assert (shipped.num_layers, shipped.num_decoder_layers, shipped.norm_first) == (3, 2, True)
 
 
 def test_booleans_take_flag_and_no_flag(tmp_path, capsys):
