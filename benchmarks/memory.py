@@ -42,9 +42,9 @@ for path in (ROOT, os.path.join(ROOT, "tests")):  # also runnable as `python ben
         sys.path.insert(0, path)
 
 from benchmarks.results import write_table  # noqa: E402
+from kerasformer import BACKENDS  # noqa: E402
 from soak_helpers import memory_mb  # noqa: E402
 
-BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def training_child(preset_name, batch, length, vocab_size, steps):

@@ -34,9 +34,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from kerasformer import BACKENDS  # noqa: E402
+
 CONFIG = os.path.join(ROOT, "training", "configs", "small_en_es.toml")
 SETTINGS = {"off": "--no-jit-compile", "on": "--jit-compile"}
-BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def parse_args(argv=None):

@@ -16,8 +16,12 @@ from kerasformer.model import Seq2Seq, build_seq2seq
 
 __version__ = "0.1.0"  # the one place the version is written; pyproject.toml reads it
 
+# The Keras backends kerasformer runs on and is tested under (tests/run.sh runs the suite under each).
+BACKENDS = ("tensorflow", "jax", "torch")
+
 __all__ = [
     "AddNorm",
+    "BACKENDS",
     "Decoder",
     "DecoderBlock",
     "Encoder",

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from conftest import numpy, random_tokens, round_trip
 
-from kerasformer import build_seq2seq, preset
+from kerasformer import BACKENDS, build_seq2seq, preset
 
 SOURCE_VOCAB, TARGET_VOCAB = 40, 50
-BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def tiny_model(**overrides):
