@@ -1,0 +1,183 @@
+"""The main job's training step under each backend, as `model.fit` runs it, bucket shape by bucket shape.
+
+    python benchmarks/backend_step.py [--settings tensorflow,jax,torch] [--lengths 8,16,32,64,96] [--rounds 2]
+    python benchmarks/backend_step.py --settings tensorflow,jax,tensorflow:TF_NUM_INTEROP_THREADS=1
+
+`trainer_jit.py` runs the whole trainer for minutes and reports what a budget buys, compiling
+included; this script isolates the steady step. Each setting names a backend and, after `:`,
+environment variables for its process (`jax:XLA_FLAGS=--xla_cpu_enable_fast_math=true`, several
+joined by `:`). Its child process builds and compiles the model exactly as the main job does
+(`training/configs/small_en_es.toml`, `training.train.compile_model`: the backend's own
+`jit_compile` default, the budget schedule's optimizer), and for each padded length L of the
+main job's length buckets (`training.pipeline`: batch_tokens // L pairs, L tokens a side) fits
+`--warmup` steps on one fixed batch of random ids (compiling that shape), then times `--steps`
+more with `model.fit` (what the trainer calls: no `train_on_batch`, whose per-call state sync
+under JAX the trainer does not pay), from the end of a first extra step to the end of the last,
+with a callback that reads each step's logs as the trainer's callbacks do. The settings run one after another, `--rounds` times in
+turn, so drift in the machine's load hits all alike; a setting's figure per shape is its fastest
+round (other processes only add time). Ratio: the first setting's mean ms/step over this one's,
+so above 1 is faster than the first.
+
+Compare only figures of one run; the table names the machine and date. Never a test.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+CONFIG = os.path.join(ROOT, "training", "configs", "small_en_es.toml")
+
+
+def parse_setting(setting):
+    """("jax", {"XLA_FLAGS": "--a=b"}) for "jax:XLA_FLAGS=--a=b"; ValueError names what is wrong."""
+    from kerasformer import BACKENDS
+
+    backend, *assignments = setting.split(":")
+    if backend not in BACKENDS:
+        raise ValueError(f"{setting!r}: the backend must be one of {BACKENDS}")
+    env = {}
+    for assignment in assignments:
+        name, equals, value = assignment.partition("=")
+        if not equals or not name:
+            raise ValueError(f"{setting!r}: {assignment!r} is not NAME=VALUE")
+        env[name] = value
+    return backend, env
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--settings", default="tensorflow,jax,torch",
+                        help="comma-separated BACKEND[:NAME=VALUE...], each timed in its own process")
+    parser.add_argument("--lengths", default="8,16,32,64,96",
+                        help="padded lengths of the main job's buckets to time (8, 16, ..., max length)")
+    parser.add_argument("--warmup", type=int, default=10, help="steps per shape before timing (compiling)")
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per shape and round")
+    parser.add_argument("--rounds", type=int, default=2, help="times each setting runs, in turn")
+    parser.add_argument("--out", default="backend_step", help="name of the results in benchmarks/results/")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.settings = [setting.strip() for setting in args.settings.split(",") if setting.strip()]
+    try:
+        for setting in args.settings:
+            parse_setting(setting)
+        args.lengths = [int(length) for length in args.lengths.split(",")]
+    except ValueError as error:
+        parser.error(f"{error}")
+    return args
+
+
+def shapes(config, lengths):
+    """(padded length, pairs per batch) of the main job's buckets at the given lengths."""
+    from training.pipeline import bucket_batch_sizes, bucket_boundaries
+
+    model_config = config.model_config(config.vocabulary_size, config.vocabulary_size)
+    max_length = max(model_config.max_source_length, model_config.max_target_length)
+    padded = [boundary - 1 for boundary in bucket_boundaries(max_length)]
+    sizes = dict(zip(padded, bucket_batch_sizes(max_length, config.batch_tokens, 1)))
+    unknown = [length for length in lengths if length not in sizes]
+    if unknown:
+        raise SystemExit(f"--lengths {unknown}: the main job's buckets pad to {padded}")
+    return [(length, sizes[length]) for length in lengths]
+
+
+def step_clock():
+    import keras
+
+    class StepClock(keras.callbacks.Callback):
+        """Seconds from the end of the first step to the end of the last: `fit`'s setup left
+        out. Like the trainer's own callbacks, it waits for each step's logs."""
+
+        def on_train_batch_end(self, batch, logs=None):
+            now = time.perf_counter()
+            if batch == 0:
+                self.start = now
+            self.seconds = now - self.start
+
+    return StepClock
+
+
+def child(args):
+    """Times the step of each shape in this process's backend; prints one JSON line."""
+    import keras
+    import numpy as np
+
+    from training.config import parse_args as parse_train_args
+    from training.train import compile_model
+
+    StepClock = step_clock()
+    config = parse_train_args(["--config", CONFIG])
+    vocabulary = config.vocabulary_size
+    model = compile_model(config, config.model_config(vocabulary, vocabulary))
+    rng = np.random.default_rng(0)
+    result = {}
+    for length, batch in shapes(config, args.lengths):
+        def batches(steps):
+            ids = lambda: np.tile(rng.integers(3, vocabulary, (batch, length)).astype("int32"), (steps, 1))
+            return {"encoder_tokens": ids(), "decoder_tokens": ids()}, ids()
+
+        inputs, labels = batches(args.warmup)
+        started = time.perf_counter()
+        model.fit(inputs, labels, batch_size=batch, epochs=1, verbose=0, shuffle=False)
+        warmup = time.perf_counter() - started
+        inputs, labels = batches(args.steps + 1)
+        clock = StepClock()
+        model.fit(inputs, labels, batch_size=batch, epochs=1, verbose=0, shuffle=False, callbacks=[clock])
+        result[str(length)] = {"batch": batch, "ms_per_step": clock.seconds / args.steps * 1e3,
+                               "warmup_seconds": warmup}
+    print(json.dumps({"backend": keras.backend.backend(), "shapes": result}))
+
+
+def run_setting(args, setting):
+    backend, env = parse_setting(setting)
+    command = [sys.executable, os.path.abspath(__file__), "--child", "--lengths", ",".join(map(str, args.lengths)),
+               "--warmup", str(args.warmup), "--steps", str(args.steps)]
+    print(f"{setting}: timing {len(args.lengths)} shapes", file=sys.stderr, flush=True)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **env, "KERAS_BACKEND": backend})
+    if done.returncode:
+        raise RuntimeError(f"{setting}: the child exited with {done.returncode}:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.child:
+        child(args)
+        return
+    from benchmarks.results import write_table
+
+    rounds = {setting: [] for setting in args.settings}
+    for _ in range(args.rounds):
+        for setting in args.settings:
+            rounds[setting].append(run_setting(args, setting))
+    best = {setting: {length: min(r["shapes"][str(length)]["ms_per_step"] for r in runs) for length in args.lengths}
+            for setting, runs in rounds.items()}
+    mean = {setting: sum(values.values()) / len(values) for setting, values in best.items()}
+    first = args.settings[0]
+    batches = rounds[first][0]["shapes"]
+    rows = [[setting, *(f"{best[setting][length]:.1f}" for length in args.lengths), f"{mean[setting]:.1f}",
+             f"{mean[first] / mean[setting]:.2f}"] for setting in args.settings]
+    notes = [
+        "The main job's model and compile (training/configs/small_en_es.toml, training.train.compile_model, each "
+        "backend's default jit_compile) in one process per setting; `model.fit` on one fixed batch of random ids "
+        f"per bucket shape (L tokens a side, batch_tokens // L pairs): {args.warmup} steps to compile, then "
+        f"{args.steps} timed (after one more, fit's setup left out); the fastest of {args.rounds} rounds, the settings in turn.",
+        f"Ratio: the mean ms/step of '{first}' over the setting's (above 1: faster than '{first}').",
+        f"`python benchmarks/backend_step.py --settings {','.join(args.settings)} "
+        f"--lengths {','.join(map(str, args.lengths))} --steps {args.steps} --rounds {args.rounds}`",
+    ]
+    write_table(args.out, "The main job's training step per bucket shape and backend (ms per step)",
+                ["setting", *(f"L {length} x {batches[str(length)]['batch']}" for length in args.lengths),
+                 "mean", f"ratio to '{first}'"],
+                rows, notes, extra={"rounds": rounds})
+
+
+if __name__ == "__main__":
+    main()
