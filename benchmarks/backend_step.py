@@ -70,6 +70,9 @@ def parse_args(argv=None):
         args.lengths = [int(length) for length in args.lengths.split(",")]
     except ValueError as error:
         parser.error(f"{error}")
+    for name in ("warmup", "steps", "rounds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, not {getattr(args, name)}")
     return args
 
 
@@ -152,7 +155,9 @@ def main(argv=None):
         child(args)
         return
     from benchmarks.results import write_table
+    from training.config import parse_args as parse_train_args
 
+    shapes(parse_train_args(["--config", CONFIG]), args.lengths)  # refuses a length the buckets lack, before timing
     rounds = {setting: [] for setting in args.settings}
     for _ in range(args.rounds):
         for setting in args.settings:

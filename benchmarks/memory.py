@@ -46,7 +46,6 @@ from kerasformer import BACKENDS  # noqa: E402
 from soak_helpers import memory_mb  # noqa: E402
 
 
-
 def training_child(preset_name, batch, length, vocab_size, steps):
     """Runs in a fresh process: imports, builds, steps; returns the measurements."""
     record = {}

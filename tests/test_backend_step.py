@@ -23,6 +23,12 @@ def test_a_setting_is_a_backend_and_its_process_environment():
     assert parse_args(["--settings", "tensorflow, jax"]).settings == ["tensorflow", "jax"]
 
 
+def test_a_count_below_one_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--steps", "0"])
+    assert "--steps must be at least 1, not 0" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("bad, says", [("mxnet", "backend"), ("jax:FLAG", "NAME=VALUE"), ("jax:=1", "NAME=VALUE")])
 def test_a_bad_setting_is_refused_by_name(bad, says, capsys):
     with pytest.raises(SystemExit):
