@@ -7,16 +7,16 @@
 included; this script isolates the steady step. Each setting names a backend and, after `:`,
 environment variables for its process (`jax:XLA_FLAGS=--xla_cpu_enable_fast_math=true`, several
 joined by `:`). Its child process builds and compiles the model exactly as the main job does
-(`training/configs/small_en_es.toml`, `training.train.compile_model`: the backend's own
-`jit_compile` default, the budget schedule's optimizer), and for each padded length L of the
-main job's length buckets (`training.pipeline`: batch_tokens // L pairs, L tokens a side) fits
-`--warmup` steps on one fixed batch of random ids (compiling that shape), then times `--steps`
-more with `model.fit` (what the trainer calls: no `train_on_batch`, whose per-call state sync
-under JAX the trainer does not pay), from the end of a first extra step to the end of the last,
-with a callback that reads each step's logs as the trainer's callbacks do. The settings run one after another, `--rounds` times in
-turn, so drift in the machine's load hits all alike; a setting's figure per shape is its fastest
-round (other processes only add time). Ratio: the first setting's mean ms/step over this one's,
-so above 1 is faster than the first.
+(`training/configs/small_en_es.toml`, `kerasformer.training.train.compile_model`: the backend's own
+`jit_compile` default, the budget schedule's optimizer), and for each padded length L of the main
+job's length buckets (`kerasformer.training.pipeline`: batch_tokens // L pairs, L tokens a side)
+fits `--warmup` steps on one fixed batch of random ids (compiling that shape), then times `--steps`
+more with `model.fit` (what the trainer calls: no `train_on_batch`, whose per-call state sync under
+JAX the trainer does not pay), from the end of a first extra step to the end of the last, with a
+callback that reads each step's loss as the trainer's callbacks do. The settings run one after
+another, `--rounds` times in turn, so drift in the machine's load hits all alike; a setting's figure
+per shape is its fastest round (other processes only add time). Ratio: the first setting's mean
+ms/step over this one's, so above 1 is faster than the first.
 
 Compare only figures of one run; the table names the machine and date. Never a test.
 """
@@ -44,6 +44,7 @@ def parse_setting(setting):
     env = {}
     for assignment in assignments:
         name, equals, value = assignment.partition("=")
+        name = name.strip()
         if not equals or not name:
             raise ValueError(f"{setting!r}: {assignment!r} is not NAME=VALUE")
         env[name] = value
@@ -53,7 +54,7 @@ def parse_setting(setting):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--settings", default="tensorflow,jax,torch",
+    parser.add_argument("--settings", default=None,
                         help="comma-separated BACKEND[:NAME=VALUE...], each timed in its own process")
     parser.add_argument("--lengths", default="8,16,32,64,96",
                         help="padded lengths of the main job's buckets to time (8, 16, ..., max length)")
@@ -63,13 +64,24 @@ def parse_args(argv=None):
     parser.add_argument("--out", default="backend_step", help="name of the results in benchmarks/results/")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.settings = [setting.strip() for setting in args.settings.split(",") if setting.strip()]
+    from kerasformer import BACKENDS  # here, not at the top: it imports Keras
+
+    given = args.settings if args.settings is not None else ",".join(BACKENDS)
+    args.settings = [setting.strip() for setting in given.split(",") if setting.strip()]
+    if not args.settings:
+        parser.error(f"--settings {given!r}: name at least one BACKEND[:NAME=VALUE...]")
+    repeated = sorted({setting for setting in args.settings if args.settings.count(setting) > 1})
+    if repeated:
+        parser.error(f"--settings: {repeated} given more than once; use --rounds to time a setting again")
     try:
         for setting in args.settings:
             parse_setting(setting)
-        args.lengths = [int(length) for length in args.lengths.split(",")]
     except ValueError as error:
-        parser.error(f"{error}")
+        parser.error(f"--settings: {error}")
+    try:
+        args.lengths = [int(length) for length in args.lengths.split(",")]
+    except ValueError:
+        parser.error(f"--lengths {args.lengths!r}: comma-separated whole numbers, e.g. 8,16,32")
     for name in ("warmup", "steps", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, not {getattr(args, name)}")
@@ -78,7 +90,7 @@ def parse_args(argv=None):
 
 def shapes(config, lengths):
     """(padded length, pairs per batch) of the main job's buckets at the given lengths."""
-    from training.pipeline import bucket_batch_sizes, bucket_boundaries
+    from kerasformer.training.pipeline import bucket_batch_sizes, bucket_boundaries
 
     model_config = config.model_config(config.vocabulary_size, config.vocabulary_size)
     max_length = max(model_config.max_source_length, model_config.max_target_length)
@@ -94,14 +106,20 @@ def step_clock():
     import keras
 
     class StepClock(keras.callbacks.Callback):
-        """Seconds from the end of the first step to the end of the last: `fit`'s setup left
-        out. Like the trainer's own callbacks, it waits for each step's logs."""
+        """`seconds` from the end of the first step to the end of the last and the `steps`
+        between: `fit`'s setup left out. Like the trainer's own callbacks it reads each step's
+        loss, which waits for the step (under JAX a step otherwise returns before it is done)."""
+
+        start, steps, seconds = None, 0, 0.0
 
         def on_train_batch_end(self, batch, logs=None):
+            float(logs["loss"])
             now = time.perf_counter()
-            if batch == 0:
+            if self.start is None:
                 self.start = now
-            self.seconds = now - self.start
+            else:
+                self.steps += 1
+                self.seconds = now - self.start
 
     return StepClock
 
@@ -111,8 +129,8 @@ def child(args):
     import keras
     import numpy as np
 
-    from training.config import parse_args as parse_train_args
-    from training.train import compile_model
+    from kerasformer.training.config import parse_args as parse_train_args
+    from kerasformer.training.train import compile_model
 
     StepClock = step_clock()
     config = parse_train_args(["--config", CONFIG])
@@ -122,7 +140,9 @@ def child(args):
     result = {}
     for length, batch in shapes(config, args.lengths):
         def batches(steps):
-            ids = lambda: np.tile(rng.integers(3, vocabulary, (batch, length)).astype("int32"), (steps, 1))
+            def ids():  # 0-3 are padding and the special tokens
+                return np.tile(rng.integers(4, vocabulary, (batch, length)).astype("int32"), (steps, 1))
+
             return {"encoder_tokens": ids(), "decoder_tokens": ids()}, ids()
 
         inputs, labels = batches(args.warmup)
@@ -132,7 +152,7 @@ def child(args):
         inputs, labels = batches(args.steps + 1)
         clock = StepClock()
         model.fit(inputs, labels, batch_size=batch, epochs=1, verbose=0, shuffle=False, callbacks=[clock])
-        result[str(length)] = {"batch": batch, "ms_per_step": clock.seconds / args.steps * 1e3,
+        result[str(length)] = {"batch": batch, "ms_per_step": clock.seconds / clock.steps * 1e3,
                                "warmup_seconds": warmup}
     print(json.dumps({"backend": keras.backend.backend(), "shapes": result}))
 
@@ -146,7 +166,11 @@ def run_setting(args, setting):
                           env={**os.environ, **env, "KERAS_BACKEND": backend})
     if done.returncode:
         raise RuntimeError(f"{setting}: the child exited with {done.returncode}:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    try:
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise RuntimeError(f"{setting}: the child printed no result line; its output ended with:\n"
+                           f"{done.stdout[-1000:]}{done.stderr[-2000:]}") from None
 
 
 def main(argv=None):
@@ -155,7 +179,7 @@ def main(argv=None):
         child(args)
         return
     from benchmarks.results import write_table
-    from training.config import parse_args as parse_train_args
+    from kerasformer.training.config import parse_args as parse_train_args
 
     shapes(parse_train_args(["--config", CONFIG]), args.lengths)  # refuses a length the buckets lack, before timing
     rounds = {setting: [] for setting in args.settings}
@@ -170,10 +194,12 @@ def main(argv=None):
     rows = [[setting, *(f"{best[setting][length]:.1f}" for length in args.lengths), f"{mean[setting]:.1f}",
              f"{mean[first] / mean[setting]:.2f}"] for setting in args.settings]
     notes = [
-        "The main job's model and compile (training/configs/small_en_es.toml, training.train.compile_model, each "
-        "backend's default jit_compile) in one process per setting; `model.fit` on one fixed batch of random ids "
+        "The main job's model and compile (training/configs/small_en_es.toml, "
+        "kerasformer.training.train.compile_model, each backend's default jit_compile) in one process per "
+        "setting; `model.fit` on one fixed batch of random ids "
         f"per bucket shape (L tokens a side, batch_tokens // L pairs): {args.warmup} steps to compile, then "
-        f"{args.steps} timed (after one more, fit's setup left out); the fastest of {args.rounds} rounds, the settings in turn.",
+        f"{args.steps} timed (after one more, fit's setup left out); the fastest of {args.rounds} rounds, "
+        "the settings in turn.",
         f"Ratio: the mean ms/step of '{first}' over the setting's (above 1: faster than '{first}').",
         f"`python benchmarks/backend_step.py --settings {','.join(args.settings)} "
         f"--lengths {','.join(map(str, args.lengths))} --steps {args.steps} --rounds {args.rounds}`",

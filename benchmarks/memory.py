@@ -42,7 +42,6 @@ for path in (ROOT, os.path.join(ROOT, "tests")):  # also runnable as `python ben
         sys.path.insert(0, path)
 
 from benchmarks.results import write_table  # noqa: E402
-from kerasformer import BACKENDS  # noqa: E402
 from soak_helpers import memory_mb  # noqa: E402
 
 
@@ -156,6 +155,8 @@ def main(argv=None):
             record = training_child(args.child.split(":", 1)[1], args.batch, args.length, args.vocab_size, args.steps)
         print(json.dumps(record))
         return
+
+    from kerasformer import BACKENDS  # here, not at the top: it imports Keras
 
     backends = BACKENDS if args.backends else (os.environ.get("KERAS_BACKEND", "tensorflow"),)
     sizes = ["--batch", str(args.batch), "--length", str(args.length), "--vocab-size", str(args.vocab_size),

@@ -34,8 +34,6 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from kerasformer import BACKENDS  # noqa: E402
-
 CONFIG = os.path.join(ROOT, "training", "configs", "small_en_es.toml")
 SETTINGS = {"off": "--no-jit-compile", "on": "--jit-compile"}
 
@@ -56,6 +54,8 @@ def parse_args(argv=None):
                         help="train nothing: write the table again from the run folders of an earlier run "
                              "with the same --settings and --work-dir")
     args = parser.parse_args(argv)
+    from kerasformer import BACKENDS  # here, not at the top: it imports Keras
+
     args.settings = [setting.strip() for setting in args.settings.split(",")]
     parsed = {setting: split_setting(setting, args.backend) for setting in args.settings}
     unknown = [setting for setting, (backend, jit) in parsed.items() if jit not in SETTINGS or backend not in BACKENDS]

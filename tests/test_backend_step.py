@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from benchmarks import backend_step
 from benchmarks.backend_step import CONFIG, parse_args, parse_setting, shapes
 from kerasformer import BACKENDS
 
@@ -23,10 +24,37 @@ def test_a_setting_is_a_backend_and_its_process_environment():
     assert parse_args(["--settings", "tensorflow, jax"]).settings == ["tensorflow", "jax"]
 
 
-def test_a_count_below_one_is_refused(capsys):
+def test_the_default_settings_are_the_packages_backends():
+    assert parse_args([]).settings == list(BACKENDS)
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--steps", "0"], "--steps must be at least 1, not 0"),
+    (["--settings", " , "], "name at least one"),
+    (["--settings", "jax,tensorflow,jax"], "['jax'] given more than once"),
+    (["--lengths", "8,x"], "--lengths '8,x': comma-separated whole numbers"),
+])
+def test_bad_arguments_are_refused_by_name(argv, says, capsys):
     with pytest.raises(SystemExit):
-        parse_args(["--steps", "0"])
-    assert "--steps must be at least 1, not 0" in capsys.readouterr().err
+        parse_args(argv)
+    assert says in capsys.readouterr().err
+
+
+def test_the_step_clock_times_from_the_first_step_end_and_reads_each_loss(monkeypatch):
+    ticks = iter([10.0, 10.5, 11.5, 13.0])
+    monkeypatch.setattr(backend_step.time, "perf_counter", lambda: next(ticks))
+    clock = backend_step.step_clock()()
+    read = []
+
+    class Loss:  # what the trainer's callbacks do with a step's loss: float() waits for it
+        def __float__(self):
+            read.append(True)
+            return 1.0
+
+    for batch in range(4):
+        clock.on_train_batch_end(batch, {"loss": Loss()})
+    assert (clock.steps, clock.seconds) == (3, 3.0)  # 10.0 (first step's end) to 13.0, three steps
+    assert len(read) == 4
 
 
 @pytest.mark.parametrize("bad, says", [("mxnet", "backend"), ("jax:FLAG", "NAME=VALUE"), ("jax:=1", "NAME=VALUE")])
@@ -38,11 +66,11 @@ def test_a_bad_setting_is_refused_by_name(bad, says, capsys):
 
 
 def test_the_shapes_are_the_main_jobs_buckets():
-    from training.config import parse_args as parse_train_args
+    from kerasformer.training.config import parse_args as parse_train_args
 
     config = parse_train_args(["--config", CONFIG])
-    assert shapes(config, [8, 32, 96]) == [(8, config.batch_tokens // 8), (32, config.batch_tokens // 32),
-                                           (96, config.batch_tokens // 96)]
+    assert config.batch_tokens == 1024
+    assert shapes(config, [8, 32, 96]) == [(8, 128), (32, 32), (96, 10)]
     with pytest.raises(SystemExit, match=r"\[30\].*buckets pad to \[8, 16"):
         shapes(config, [30])
 
