@@ -73,9 +73,8 @@ def parse_args(argv=None):
     repeated = sorted({setting for setting in args.settings if args.settings.count(setting) > 1})
     if repeated:
         parser.error(f"--settings: {repeated} given more than once; use --rounds to time a setting again")
-    try:
-        for setting in args.settings:
-            parse_setting(setting)
+    try:  # each setting's (backend, environment), parsed once
+        args.environments = {setting: parse_setting(setting) for setting in args.settings}
     except ValueError as error:
         parser.error(f"--settings: {error}")
     try:
@@ -124,6 +123,17 @@ def step_clock():
     return StepClock
 
 
+def fixed_batches(rng, vocabulary, batch, length, steps):
+    """`steps` copies of one random batch of `batch` x `length` ids, as `fit`'s (inputs, labels);
+    ids from 4 on (0-3 are padding and the special tokens)."""
+    import numpy as np
+
+    def ids():
+        return np.tile(rng.integers(4, vocabulary, (batch, length)).astype("int32"), (steps, 1))
+
+    return {"encoder_tokens": ids(), "decoder_tokens": ids()}, ids()
+
+
 def child(args):
     """Times the step of each shape in this process's backend; prints one JSON line."""
     import keras
@@ -139,17 +149,11 @@ def child(args):
     rng = np.random.default_rng(0)
     result = {}
     for length, batch in shapes(config, args.lengths):
-        def batches(steps):
-            def ids():  # 0-3 are padding and the special tokens
-                return np.tile(rng.integers(4, vocabulary, (batch, length)).astype("int32"), (steps, 1))
-
-            return {"encoder_tokens": ids(), "decoder_tokens": ids()}, ids()
-
-        inputs, labels = batches(args.warmup)
+        inputs, labels = fixed_batches(rng, vocabulary, batch, length, args.warmup)
         started = time.perf_counter()
         model.fit(inputs, labels, batch_size=batch, epochs=1, verbose=0, shuffle=False)
         warmup = time.perf_counter() - started
-        inputs, labels = batches(args.steps + 1)
+        inputs, labels = fixed_batches(rng, vocabulary, batch, length, args.steps + 1)
         clock = StepClock()
         model.fit(inputs, labels, batch_size=batch, epochs=1, verbose=0, shuffle=False, callbacks=[clock])
         result[str(length)] = {"batch": batch, "ms_per_step": clock.seconds / clock.steps * 1e3,
@@ -158,7 +162,7 @@ def child(args):
 
 
 def run_setting(args, setting):
-    backend, env = parse_setting(setting)
+    backend, env = args.environments[setting]
     command = [sys.executable, os.path.abspath(__file__), "--child", "--lengths", ",".join(map(str, args.lengths)),
                "--warmup", str(args.warmup), "--steps", str(args.steps)]
     print(f"{setting}: timing {len(args.lengths)} shapes", file=sys.stderr, flush=True)
