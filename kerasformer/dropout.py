@@ -30,7 +30,7 @@ def drop_threshold(rate):
     return max(1, round(LEVELS * rate)) if rate > 0 else 0
 
 
-def paired_keep_mask(uniform, rate):
+def paired_keep_mask(uniform, rate, axis=-1):
     """Two keep-or-drop decisions from each float32 uniform in [0, 1).
 
     With u = m / 2^23 (m a 23-bit integer, as every backend draws it):
@@ -39,18 +39,28 @@ def paired_keep_mask(uniform, rate):
     a and b are independent and uniform on 0..2047; every product is exact in float32.
 
     Args:
-        uniform: `(..., n)` float32 in [0, 1).
+        uniform: float32 in [0, 1), `n` long on `axis`.
         rate: the drop rate P_drop.
+        axis: the axis the two halves of the mask lie along.
 
     Returns:
-        bool `(..., 2 n)`: True where the element is kept; `[..., :n]` from a,
-        `[..., n:]` from b.
+        bool, `2 n` long on `axis`: True where the element is kept; the first
+        `n` along `axis` from a, the next `n` from b.
     """
     uniform = ops.cast(uniform, "float32")
     a = ops.floor(uniform * LEVELS)
     b = ops.floor(uniform * (LEVELS * LEVELS)) - a * LEVELS
     threshold = drop_threshold(rate)
-    return ops.concatenate([a >= threshold, b >= threshold], axis=-1)
+    return ops.concatenate([a >= threshold, b >= threshold], axis=axis)
+
+
+def pairing_axis(shape):
+    """The axis a paired mask is split along: the last one whose static size is even
+    (attention weights `(batch, heads, queries, keys)` in a TensorFlow graph that serves
+    every bucket's length have no static key length, but a static number of heads);
+    None if there is none."""
+    return next((axis for axis in reversed(range(len(shape)))
+                 if shape[axis] is not None and shape[axis] % 2 == 0), None)
 
 
 @keras.saving.register_keras_serializable(package="kerasformer")
@@ -59,12 +69,12 @@ class PairedDropout(keras.layers.Dropout):
 
     The same layer as `keras.layers.Dropout` (arguments, `get_config`, seed
     state, so the weights and `.keras` files of a model are the same with
-    either), except where the mask comes from: for an input whose last axis has
-    an even static size 2n, one uniform of shape `(..., n)` gives the whole
-    mask (`paired_keep_mask`), and the rate is P_drop rounded to a multiple of
-    1/2048. Any other input (an odd or unknown last axis, such as attention
-    weights over a variable key length), a `noise_shape` or the torch backend
-    (`PAIRED_BACKENDS`) falls back to `keras.layers.Dropout`'s own mask.
+    either), except where the mask comes from: for an input with an axis of even
+    static size 2n (the last such axis, `pairing_axis`), one uniform n long on
+    that axis gives the whole mask (`paired_keep_mask`), and the rate is P_drop
+    rounded to a multiple of 1/2048. An input with no even static axis, a
+    `noise_shape` or the torch backend (`PAIRED_BACKENDS`) falls back to
+    `keras.layers.Dropout`'s own mask.
     Identity at inference.
 
     Args:
@@ -85,16 +95,15 @@ class PairedDropout(keras.layers.Dropout):
     """
 
     def call(self, inputs, training=False):
-        width = inputs.shape[-1]
-        pairable = (self.noise_shape is None and width is not None and width % 2 == 0
-                    and keras.backend.backend() in PAIRED_BACKENDS)
-        if not (training and self.rate > 0) or self.rate >= 1 or not pairable:
+        axis = pairing_axis(inputs.shape)
+        paired = self.noise_shape is None and axis is not None and keras.backend.backend() in PAIRED_BACKENDS
+        if not (training and self.rate > 0) or self.rate >= 1 or not paired:
             return super().call(inputs, training=training)
-        half_shape = tuple(ops.shape(inputs)[:-1]) + (width // 2,)
-        uniform = keras.random.uniform(half_shape, dtype="float32", seed=self.seed_generator)
-        keep = paired_keep_mask(uniform, self.rate)
-        threshold = drop_threshold(self.rate)
-        scale = ops.cast(LEVELS / (LEVELS - threshold), inputs.dtype)
+        half_shape = list(ops.shape(inputs))
+        half_shape[axis] = inputs.shape[axis] // 2
+        uniform = keras.random.uniform(tuple(half_shape), dtype="float32", seed=self.seed_generator)
+        keep = paired_keep_mask(uniform, self.rate, axis)
+        scale = ops.cast(LEVELS / (LEVELS - drop_threshold(self.rate)), inputs.dtype)
         return ops.where(keep, inputs * scale, ops.zeros_like(inputs))
 
 

@@ -4,15 +4,15 @@ import pytest
 from conftest import layer_model, numpy, round_trip
 
 from kerasformer import PairedDropout, TransformerConfig, build_seq2seq
-from kerasformer.dropout import LEVELS, PAIRED_BACKENDS, dropout_layer, drop_threshold, paired_keep_mask
+from kerasformer.dropout import LEVELS, PAIRED_BACKENDS, dropout_layer, drop_threshold, paired_keep_mask, pairing_axis
 
 
-def reference_keep_mask(uniform, rate):
+def reference_keep_mask(uniform, rate, axis=-1):
     """NumPy: the 23-bit integer m = 2^23 u; its top 11 bits and its next 11 bits, each kept if >= K."""
     m = np.round(np.asarray(uniform, "float64") * 2**23).astype(np.int64)
     k = max(1, round(2048 * rate))
     a, b = m >> 12, (m >> 1) & 2047
-    return np.concatenate([a >= k, b >= k], axis=-1)
+    return np.concatenate([a >= k, b >= k], axis=axis)
 
 
 def test_the_keep_mask_matches_the_reference_bit_by_bit():
@@ -23,6 +23,9 @@ def test_the_keep_mask_matches_the_reference_bit_by_bit():
     uniform = (m / 2**23).astype("float32").reshape(-1, 4)
     for rate in (0.1, 0.3, 0.0004, 0.5):
         np.testing.assert_array_equal(numpy(paired_keep_mask(uniform, rate)), reference_keep_mask(uniform, rate))
+    # the halves along another axis: the same decisions, laid out along it
+    uniform = uniform.reshape(-1, 2, 2)
+    np.testing.assert_array_equal(numpy(paired_keep_mask(uniform, 0.1, axis=1)), reference_keep_mask(uniform, 0.1, 1))
 
 
 def test_the_rate_is_rounded_to_a_multiple_of_one_2048th():
@@ -58,14 +61,43 @@ def test_training_drops_the_rate_and_keeps_the_expected_value(rate):
     assert (numpy(layer(x, training=True)) != out).any()
 
 
-@pytest.mark.parametrize("shape", [(4, 7, 33), (2, 5)])
-def test_an_odd_last_axis_falls_back_to_keras_dropout(shape):
-    layer = PairedDropout(0.5, seed=4)
+def test_the_mask_pairs_along_the_last_axis_of_even_static_size():
+    assert pairing_axis((None, None, 128)) == 2
+    assert pairing_axis((None, 4, None, None)) == 1  # attention weights, lengths unknown to the graph
+    assert pairing_axis((4, 7, 33)) == 0
+    assert pairing_axis((3, 7, 33)) is None and pairing_axis((None, None)) is None and pairing_axis(()) is None
+
+
+def test_attention_weights_of_unknown_length_get_the_paired_mask():
+    """Under TensorFlow the trainer's graph serves every bucket with unknown batch and lengths;
+    the heads axis still pairs (elsewhere the same weights have static shapes, and an odd key
+    length still leaves the heads axis). Seen in the scale: 2048 / (2048 - K), not 1 / (1 - rate)."""
+    rate = 0.3
+    layer = PairedDropout(rate, seed=5)
+    x = np.ones((16, 4, 32, 33), "float32")  # 33 keys: the last axis cannot pair
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        call = tf.function(lambda inputs: layer(inputs, training=True),
+                           input_signature=[tf.TensorSpec((None, 4, None, None), tf.float32)])
+        out = numpy(call(x))
+    else:
+        out = numpy(layer(x, training=True))
+    p = drop_threshold(rate) / LEVELS if keras.backend.backend() in PAIRED_BACKENDS else rate
+    kept = out != 0
+    np.testing.assert_allclose(out[kept], 1 / (1 - p), rtol=1e-6)
+    assert abs((~kept).mean() - p) < 5 * np.sqrt(p * (1 - p) / x.size)
+    # the two halves along the heads axis come from one uniform each: still independent
+    assert abs(np.corrcoef(kept[:, :2].ravel(), kept[:, 2:].ravel())[0, 1]) < 0.03
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 33), (5, 99)])
+def test_an_input_with_no_even_static_axis_falls_back_to_keras_dropout(shape):
+    layer = PairedDropout(0.3, seed=4)
     x = np.ones(shape, "float32")
     out = numpy(layer(x, training=True))
     assert out.shape == shape
-    assert set(np.unique(out)) <= {0.0, 2.0}  # keras.layers.Dropout's exact scale 1 / (1 - 0.5)
-    assert 0.3 < (out == 0).mean() < 0.7
+    np.testing.assert_allclose(out[out != 0], 1 / 0.7, rtol=1e-6)  # keras.layers.Dropout's exact scale
 
 
 def test_the_switch_chooses_the_dropout_and_both_have_the_same_state():

@@ -1,0 +1,208 @@
+"""What picking the label's logit costs the loss: `training/loss.py`'s two ways to get
+z_label inside the label-smoothed cross-entropy
+
+    (1 - eps) * (logsumexp(z) - z_label) + eps * (logsumexp(z) - mean_k z_k)
+
+a gather along the vocabulary (`gathered_label_logits`, `take_along_axis`, whose gradient
+is a scatter into a dense zero tensor of the logits' shape) and a `where` over the
+vocabulary summed (`selected_label_logits`, whose gradient is elementwise).
+`label_logits` takes the where under TensorFlow and the gather elsewhere; this script is
+the evidence, one backend a run:
+
+    KERAS_BACKEND=tensorflow python benchmarks/loss_speed.py [--rounds 5] [--steps 5]
+
+Two parts, one process, interleaved rounds, fastest round:
+1. the loss alone, value and gradient with respect to the logits, at several logits shapes
+   `(pairs, target length, vocabulary)`: under TensorFlow in a `tf.function` with unknown
+   batch and length (the trainer's graph after its buckets relaxed the shapes), under JAX in
+   `jax.jit`, under torch eagerly;
+2. the training step as the trainer compiles it (`training.train.compile_model`: its
+   optimizer, metrics and `jit_compile` default) at the size of the Eole comparison
+   (`benchmarks/peer_eole.py`: `small`, 3+3 layers, pre-norm, dropout 0.1 on every site,
+   vocabularies 8,000, 64 x 32 tokens), once with each pick in the loss (the metrics keep
+   `label_logits`), the same weights.
+Writes `benchmarks/results/loss_speed_<backend>.{md,json}`. Timings only; never a test.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+SHAPES = ((32, 32, 4000), (32, 32, 8000), (64, 32, 8000), (64, 32, 16000))
+EPSILON = 0.1
+# benchmarks/peer_eole.py's model: its `ours_model` at dropout 0.1
+EOLE_MODEL = {"num_layers": 3, "num_decoder_layers": 3, "norm_first": True,
+              "dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.1}
+EOLE_BATCH = (64, 32, 8000)
+
+
+def loss_with(pick):
+    """`label_smoothed_cross_entropy`'s formula with z_label from `pick`."""
+    from keras import ops
+
+    def loss(labels, logits, label_smoothing=EPSILON):
+        logits = ops.cast(logits, "float32")
+        log_normalizer = ops.logsumexp(logits, axis=-1)
+        return ((1.0 - label_smoothing) * (log_normalizer - pick(labels, logits))
+                + label_smoothing * (log_normalizer - ops.mean(logits, axis=-1)))
+
+    return loss
+
+
+def picks():
+    from kerasformer.training.loss import gathered_label_logits, selected_label_logits
+
+    return {"gather": gathered_label_logits, "where": selected_label_logits}
+
+
+def loss_and_gradient(form, vocab_size):
+    """`run(labels, logits) -> (mean loss, gradient)` as numpy, compiled as the backend trains."""
+    import keras
+    from keras import ops
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function(input_signature=[tf.TensorSpec((None, None), tf.int32),
+                                      tf.TensorSpec((None, None, vocab_size), tf.float32)])
+        def step(labels, logits):
+            with tf.GradientTape() as tape:
+                tape.watch(logits)
+                loss = ops.mean(form(labels, logits))
+            return loss, tape.gradient(loss, logits)
+
+        return lambda labels, logits: [value.numpy() for value in step(labels, logits)]
+    if backend == "jax":
+        import jax
+
+        step = jax.jit(jax.value_and_grad(lambda logits, labels: ops.mean(form(labels, logits))))
+        return lambda labels, logits: [np.asarray(value) for value in jax.block_until_ready(step(logits, labels))]
+    import torch
+
+    def run(labels, logits):
+        logits = torch.tensor(logits, requires_grad=True)
+        loss = ops.mean(form(torch.tensor(labels), logits))
+        loss.backward()
+        return [loss.detach().numpy(), logits.grad.numpy()]
+
+    return run
+
+
+def fastest(runs, rounds):
+    """Fastest of `rounds` interleaved rounds of each callable, in ms."""
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(rounds):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            best[name] = min(best[name], 1000 * (time.perf_counter() - started))
+    return best
+
+
+def loss_rows(rounds):
+    from kerasformer.training.loss import label_smoothed_cross_entropy
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for shape in SHAPES:
+        logits = rng.normal(size=shape).astype("float32")
+        labels = rng.integers(1, shape[-1], size=shape[:2]).astype("int32")
+        runs = {name: loss_and_gradient(loss_with(pick), shape[-1]) for name, pick in picks().items()}
+        runs["package"] = loss_and_gradient(label_smoothed_cross_entropy, shape[-1])
+        (loss_g, grad_g), (loss_w, grad_w), (loss_p, _) = (run(labels, logits) for run in runs.values())
+        np.testing.assert_allclose(loss_w, loss_g, rtol=1e-6)
+        np.testing.assert_allclose(grad_w, grad_g, atol=1e-9)
+        np.testing.assert_allclose(loss_p, loss_g, rtol=1e-6)  # loss_with is the package's formula
+        del runs["package"]
+        best = fastest({name: (lambda run=run: run(labels, logits)) for name, run in runs.items()}, rounds)
+        rows.append(["loss + gradient", " x ".join(map(str, shape)), f"{shape[0] * shape[1] * shape[2] / 1e6:g}M logits",
+                     f"{best['gather']:.1f}", f"{best['where']:.1f}", f"{best['gather'] / best['where']:.2f}"])
+    return rows
+
+
+def step_row(rounds, steps):
+    import keras
+
+    from benchmarks.train_throughput import fixed_batch
+    from kerasformer.training import train
+    from kerasformer.training.config import parse_args
+    from kerasformer.training.loss import MaskedLabelSmoothedCrossEntropy
+
+    def loss_class(pick):
+        class PickedLoss(MaskedLabelSmoothedCrossEntropy):
+            def call(self, y_true, y_pred):
+                return loss_with(pick)(y_true, y_pred, self.label_smoothing)
+
+        return PickedLoss
+
+    pairs, length, vocab_size = EOLE_BATCH
+    config = parse_args(["--config", os.path.join(ROOT, "training", "configs", "small_en_es.toml"),
+                         "--model", json.dumps(EOLE_MODEL)])
+    models = {}
+    for name, pick in picks().items():
+        loss = loss_class(pick)
+        keras.utils.set_random_seed(0)
+        train.MaskedLabelSmoothedCrossEntropy = loss  # compile_model's loss; all else as the trainer's
+        try:
+            model = train.compile_model(config, config.model_config(vocab_size, vocab_size))
+        finally:
+            train.MaskedLabelSmoothedCrossEntropy = MaskedLabelSmoothedCrossEntropy
+        assert type(model.loss) is loss, model.loss
+        # two other shapes first: TensorFlow then traces the step for unknown batch and
+        # length, as it does after the trainer's first buckets
+        for shape in ((2 * pairs, length // 2), (pairs // 2, 2 * length), (pairs, length)):
+            model.train_on_batch(*fixed_batch(*shape, vocab_size)[:2])
+        models[name] = model
+    inputs, labels, target_tokens = fixed_batch(pairs, length, vocab_size)
+
+    def run(model):
+        for _ in range(steps):
+            model.train_on_batch(inputs, labels)
+
+    best = fastest({name: (lambda model=model: run(model)) for name, model in models.items()}, rounds)
+    best = {name: ms / steps for name, ms in best.items()}
+    return ["training step (compile_model, Eole's size)", f"{pairs} x {length} x {vocab_size}",
+            f"{target_tokens} target tokens", f"{best['gather']:.1f}", f"{best['where']:.1f}",
+            f"{best['gather'] / best['where']:.2f}"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the fastest counts")
+    parser.add_argument("--steps", type=int, default=5, help="training steps per model per round")
+    args = parser.parse_args(argv)
+    for name in ("rounds", "steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+
+    import keras
+
+    from benchmarks.results import write_table
+
+    backend = keras.backend.backend()
+    rows = loss_rows(args.rounds) + [step_row(args.rounds, args.steps)]
+    write_table(
+        f"loss_speed_{backend}", f"Picking the label's logit in the loss: gather against where ({backend})",
+        ["what", "shape", "size", "gather ms", "where ms", "gather / where"], rows,
+        notes=[f"`KERAS_BACKEND={backend} python benchmarks/loss_speed.py --rounds {args.rounds} "
+               f"--steps {args.steps}`; fastest of interleaved rounds; one process.",
+               "`training/loss.py`'s `label_logits` takes the where under TensorFlow and the gather under JAX "
+               "and torch.",
+               "Loss rows: the mean loss and its gradient with respect to float32 logits; values and gradients "
+               "of the two picks asserted equal. TensorFlow: tf.function with unknown batch and length; JAX: "
+               "jax.jit; torch: eager.",
+               f"Step row: `training.train.compile_model` (metrics, optimizer, jit_compile default), model "
+               f"{json.dumps(EOLE_MODEL)}, ms per `train_on_batch` step; the pick differs in the loss only."],
+    )
+
+
+if __name__ == "__main__":
+    main()
