@@ -1,13 +1,12 @@
-"""What picking the label's logit costs the loss: `training/loss.py`'s two ways to get
-z_label inside the label-smoothed cross-entropy
+"""What the gradient of the label's logit costs the loss. `training/loss.py`'s
+label-smoothed cross-entropy
 
     (1 - eps) * (logsumexp(z) - z_label) + eps * (logsumexp(z) - mean_k z_k)
 
-a gather along the vocabulary (`gathered_label_logits`, `take_along_axis`, whose gradient
-is a scatter into a dense zero tensor of the logits' shape) and a `where` over the
-vocabulary summed (`selected_label_logits`, whose gradient is elementwise).
-`label_logits` takes the where under TensorFlow and the gather elsewhere; this script is
-the evidence, one backend a run:
+picks z_label with a gather along the vocabulary and writes the gather's gradient out
+(`label_logits`: the upstream gradient where k is the label, 0 elsewhere, a `where`);
+the alternative leaves it to the backend's autodiff, which under TensorFlow is a scatter
+into a dense zero tensor of the logits' shape (`UnsortedSegmentSum`).
 
     KERAS_BACKEND=tensorflow python benchmarks/loss_speed.py [--rounds 5] [--steps 5]
 
@@ -17,10 +16,10 @@ Two parts, one process, interleaved rounds, fastest round:
    batch and length (the trainer's graph after its buckets relaxed the shapes), under JAX in
    `jax.jit`, under torch eagerly;
 2. the training step as the trainer compiles it (`training.train.compile_model`: its
-   optimizer, metrics and `jit_compile` default) at the size of the Eole comparison
-   (`benchmarks/peer_eole.py`: `small`, 3+3 layers, pre-norm, dropout 0.1 on every site,
-   vocabularies 8,000, 64 x 32 tokens), once with each pick in the loss (the metrics keep
-   `label_logits`), the same weights.
+   optimizer, metrics and `jit_compile` default) at the main job's size (its config, 32 x 32
+   tokens, vocabulary 4000) and at the size of the Eole comparison (`benchmarks/peer_eole.py`:
+   `small`, 3+3 layers, pre-norm, dropout 0.1 on every site, vocabularies 8,000, 64 x 32
+   tokens), once with each gradient in the loss, the same weights.
 Writes `benchmarks/results/loss_speed_<backend>.{md,json}`. Timings only; never a test.
 """
 
@@ -40,26 +39,24 @@ EPSILON = 0.1
 # benchmarks/peer_eole.py's model: its `ours_model` at dropout 0.1
 EOLE_MODEL = {"num_layers": 3, "num_decoder_layers": 3, "norm_first": True,
               "dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.1}
-EOLE_BATCH = (64, 32, 8000)
+STEPS = {"the main job's": ({}, (32, 32, 4000)), "Eole's": (EOLE_MODEL, (64, 32, 8000))}
 
 
-def loss_with(pick):
-    """`label_smoothed_cross_entropy`'s formula with z_label from `pick`."""
+def autodiff_cross_entropy(labels, logits, label_smoothing=EPSILON):
+    """`label_smoothed_cross_entropy` with z_label's gradient left to autodiff."""
     from keras import ops
 
-    def loss(labels, logits, label_smoothing=EPSILON):
-        logits = ops.cast(logits, "float32")
-        log_normalizer = ops.logsumexp(logits, axis=-1)
-        return ((1.0 - label_smoothing) * (log_normalizer - pick(labels, logits))
-                + label_smoothing * (log_normalizer - ops.mean(logits, axis=-1)))
-
-    return loss
+    logits = ops.cast(logits, "float32")
+    log_normalizer = ops.logsumexp(logits, axis=-1)
+    label_logit = ops.squeeze(ops.take_along_axis(logits, ops.expand_dims(ops.cast(labels, "int32"), -1), axis=-1), -1)
+    return ((1.0 - label_smoothing) * (log_normalizer - label_logit)
+            + label_smoothing * (log_normalizer - ops.mean(logits, axis=-1)))
 
 
-def picks():
-    from kerasformer.training.loss import gathered_label_logits, selected_label_logits
+def forms():
+    from kerasformer.training.loss import label_smoothed_cross_entropy
 
-    return {"gather": gathered_label_logits, "where": selected_label_logits}
+    return {"autodiff": autodiff_cross_entropy, "ours": label_smoothed_cross_entropy}
 
 
 def loss_and_gradient(form, vocab_size):
@@ -108,27 +105,22 @@ def fastest(runs, rounds):
 
 
 def loss_rows(rounds):
-    from kerasformer.training.loss import label_smoothed_cross_entropy
-
     rng = np.random.default_rng(0)
     rows = []
     for shape in SHAPES:
         logits = rng.normal(size=shape).astype("float32")
         labels = rng.integers(1, shape[-1], size=shape[:2]).astype("int32")
-        runs = {name: loss_and_gradient(loss_with(pick), shape[-1]) for name, pick in picks().items()}
-        runs["package"] = loss_and_gradient(label_smoothed_cross_entropy, shape[-1])
-        (loss_g, grad_g), (loss_w, grad_w), (loss_p, _) = (run(labels, logits) for run in runs.values())
-        np.testing.assert_allclose(loss_w, loss_g, rtol=1e-6)
-        np.testing.assert_allclose(grad_w, grad_g, atol=1e-9)
-        np.testing.assert_allclose(loss_p, loss_g, rtol=1e-6)  # loss_with is the package's formula
-        del runs["package"]
+        runs = {name: loss_and_gradient(form, shape[-1]) for name, form in forms().items()}
+        (loss_a, grad_a), (loss_o, grad_o) = (run(labels, logits) for run in runs.values())
+        np.testing.assert_allclose(loss_o, loss_a, rtol=1e-6)
+        np.testing.assert_allclose(grad_o, grad_a, atol=1e-9)
         best = fastest({name: (lambda run=run: run(labels, logits)) for name, run in runs.items()}, rounds)
         rows.append(["loss + gradient", " x ".join(map(str, shape)), f"{shape[0] * shape[1] * shape[2] / 1e6:g}M logits",
-                     f"{best['gather']:.1f}", f"{best['where']:.1f}", f"{best['gather'] / best['where']:.2f}"])
+                     f"{best['autodiff']:.1f}", f"{best['ours']:.1f}", f"{best['autodiff'] / best['ours']:.2f}"])
     return rows
 
 
-def step_row(rounds, steps):
+def step_row(size, rounds, steps):
     import keras
 
     from benchmarks.train_throughput import fixed_batch
@@ -136,19 +128,15 @@ def step_row(rounds, steps):
     from kerasformer.training.config import parse_args
     from kerasformer.training.loss import MaskedLabelSmoothedCrossEntropy
 
-    def loss_class(pick):
-        class PickedLoss(MaskedLabelSmoothedCrossEntropy):
-            def call(self, y_true, y_pred):
-                return loss_with(pick)(y_true, y_pred, self.label_smoothing)
+    class AutodiffLoss(MaskedLabelSmoothedCrossEntropy):
+        def call(self, y_true, y_pred):
+            return autodiff_cross_entropy(y_true, y_pred, self.label_smoothing)
 
-        return PickedLoss
-
-    pairs, length, vocab_size = EOLE_BATCH
+    overrides, (pairs, length, vocab_size) = STEPS[size]
     config = parse_args(["--config", os.path.join(ROOT, "training", "configs", "small_en_es.toml"),
-                         "--model", json.dumps(EOLE_MODEL)])
+                         "--model", json.dumps(overrides)])
     models = {}
-    for name, pick in picks().items():
-        loss = loss_class(pick)
+    for name, loss in (("autodiff", AutodiffLoss), ("ours", MaskedLabelSmoothedCrossEntropy)):
         keras.utils.set_random_seed(0)
         train.MaskedLabelSmoothedCrossEntropy = loss  # compile_model's loss; all else as the trainer's
         try:
@@ -169,9 +157,9 @@ def step_row(rounds, steps):
 
     best = fastest({name: (lambda model=model: run(model)) for name, model in models.items()}, rounds)
     best = {name: ms / steps for name, ms in best.items()}
-    return ["training step (compile_model, Eole's size)", f"{pairs} x {length} x {vocab_size}",
-            f"{target_tokens} target tokens", f"{best['gather']:.1f}", f"{best['where']:.1f}",
-            f"{best['gather'] / best['where']:.2f}"]
+    return [f"training step, {size} size", f"{pairs} x {length} x {vocab_size}",
+            f"{target_tokens} target tokens", f"{best['autodiff']:.1f}", f"{best['ours']:.1f}",
+            f"{best['autodiff'] / best['ours']:.2f}"]
 
 
 def main(argv=None):
@@ -188,19 +176,18 @@ def main(argv=None):
     from benchmarks.results import write_table
 
     backend = keras.backend.backend()
-    rows = loss_rows(args.rounds) + [step_row(args.rounds, args.steps)]
+    rows = loss_rows(args.rounds) + [step_row(size, args.rounds, args.steps) for size in STEPS]
     write_table(
-        f"loss_speed_{backend}", f"Picking the label's logit in the loss: gather against where ({backend})",
-        ["what", "shape", "size", "gather ms", "where ms", "gather / where"], rows,
+        f"loss_speed_{backend}", f"The label logit's gradient in the loss: autodiff against written out ({backend})",
+        ["what", "shape", "size", "autodiff ms", "ours ms", "autodiff / ours"], rows,
         notes=[f"`KERAS_BACKEND={backend} python benchmarks/loss_speed.py --rounds {args.rounds} "
                f"--steps {args.steps}`; fastest of interleaved rounds; one process.",
-               "`training/loss.py`'s `label_logits` takes the where under TensorFlow and the gather under JAX "
-               "and torch.",
                "Loss rows: the mean loss and its gradient with respect to float32 logits; values and gradients "
-               "of the two picks asserted equal. TensorFlow: tf.function with unknown batch and length; JAX: "
+               "of the two forms asserted equal. TensorFlow: tf.function with unknown batch and length; JAX: "
                "jax.jit; torch: eager.",
-               f"Step row: `training.train.compile_model` (metrics, optimizer, jit_compile default), model "
-               f"{json.dumps(EOLE_MODEL)}, ms per `train_on_batch` step; the pick differs in the loss only."],
+               "Step rows: `training.train.compile_model` (metrics, optimizer, jit_compile default), ms per "
+               "`train_on_batch` step; the main job's config, and with the model overrides "
+               f"{json.dumps(EOLE_MODEL)} at Eole's size; only the loss differs."],
     )
 
 

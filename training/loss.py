@@ -55,30 +55,27 @@ def label_smoothed_cross_entropy(labels, logits, label_smoothing=0.1):
 def label_logits(labels, logits):
     """z_label: the logit of each token's label, `(batch, target_length)`.
 
-    A gather (`gathered_label_logits`), except under TensorFlow, which
-    differentiates a gather by scattering into a dense zero tensor of the
-    logits' shape (`UnsortedSegmentSum`): from 8M logits on (a batch of 2048
-    target tokens over 4000 pieces) that took as long as the rest of the loss
-    and its gradient together. There the label's logit is summed out of a
-    `where` instead (`selected_label_logits`), whose gradient is elementwise;
-    under JAX and torch the gather is the faster one (`benchmarks/loss_speed.py`).
-    Both give the same values and gradients.
+    A gather along the vocabulary, with its gradient written out: d z_label / d z_k
+    = [k = label], so the upstream gradient goes where k is the label and 0
+    elsewhere (a `where` over the vocabulary, elementwise). Left to autodiff,
+    TensorFlow differentiates the gather by scattering into a dense zero tensor
+    of the logits' shape (`UnsortedSegmentSum`), which from 8M logits on (2048
+    target tokens over 4000 pieces) took as long as the rest of the loss and its
+    gradient together; JAX and torch run either as fast (`benchmarks/loss_speed.py`).
     """
-    if keras.backend.backend() == "tensorflow":
-        return selected_label_logits(labels, logits)
-    return gathered_label_logits(labels, logits)
-
-
-def gathered_label_logits(labels, logits):
-    """z_label by a gather along the vocabulary (`take_along_axis`)."""
     labels = ops.expand_dims(ops.cast(labels, "int32"), -1)
-    return ops.squeeze(ops.take_along_axis(logits, labels, axis=-1), -1)
 
+    @ops.custom_gradient
+    def pick(logits):
+        def gradient(*args, upstream=None):
+            if upstream is None:  # by position or by name, as the backend passes it
+                (upstream,) = args
+            is_label = ops.arange(logits.shape[-1], dtype="int32") == labels
+            return ops.where(is_label, ops.expand_dims(upstream, -1), 0.0)
 
-def selected_label_logits(labels, logits):
-    """z_label as sum_k [k = label] z_k: a `where` over the vocabulary, then a sum."""
-    is_label = ops.arange(logits.shape[-1], dtype="int32") == ops.expand_dims(ops.cast(labels, "int32"), -1)
-    return ops.sum(ops.where(is_label, logits, 0.0), axis=-1)
+        return ops.squeeze(ops.take_along_axis(logits, labels, axis=-1), -1), gradient
+
+    return pick(logits)
 
 
 def token_weights(labels, sample_weight=None):
