@@ -8,7 +8,14 @@ from gradients import variable_gradients
 from keras import ops
 
 from kerasformer import build_seq2seq, preset
-from kerasformer.training.loss import MaskedAccuracy, MaskedLabelSmoothedCrossEntropy, Perplexity, label_logits
+from kerasformer.training.loss import (
+    MaskedAccuracy,
+    MaskedLabelSmoothedCrossEntropy,
+    Perplexity,
+    gathered,
+    gathered_with_gradient,
+    label_logits,
+)
 from kerasformer.training.schedule import paper_optimizer
 
 VOCAB = 13
@@ -169,15 +176,16 @@ def test_gradient_is_softmax_minus_smoothed_target():
     np.testing.assert_allclose(gradient, (softmax - q) * weights[..., None] / weights.sum(), atol=1e-6)
 
 
-def test_the_label_logit_and_its_written_out_gradient_match_numpy():
-    """`label_logits` is z_label, and its gradient (written out, not left to autodiff) is the
-    upstream gradient at the label's position and 0 elsewhere, padding rows included."""
+@pytest.mark.parametrize("pick", [label_logits, gathered, gathered_with_gradient])
+def test_the_label_logit_and_its_gradient_match_numpy(pick):
+    """z_label, and its gradient the upstream gradient at the label's position and 0
+    elsewhere, padding rows included: the backend's autodiff of the gather, the written-out
+    gradient TensorFlow uses, and whichever `label_logits` takes on this backend."""
     labels, logits = batch()
-    np.testing.assert_array_equal(numpy(label_logits(labels, logits)),
-                                  np.take_along_axis(logits, labels[..., None], -1)[..., 0])
+    np.testing.assert_array_equal(numpy(pick(labels, logits)), np.take_along_axis(logits, labels[..., None], -1)[..., 0])
     upstream = np.random.default_rng(3).normal(size=labels.shape).astype("float32")
     variable = keras.Variable(logits)
-    weighted = lambda: ops.sum(label_logits(labels, ops.cast(variable, "float32")) * ops.convert_to_tensor(upstream))
+    weighted = lambda: ops.sum(pick(labels, ops.cast(variable, "float32")) * ops.convert_to_tensor(upstream))
     (gradient,) = variable_gradients([variable], weighted)
     np.testing.assert_array_equal(gradient, np.eye(VOCAB)[labels] * upstream[..., None])
 

@@ -55,25 +55,39 @@ def label_smoothed_cross_entropy(labels, logits, label_smoothing=0.1):
 def label_logits(labels, logits):
     """z_label: the logit of each token's label, `(batch, target_length)`.
 
-    A gather along the vocabulary, with its gradient written out: d z_label / d z_k
-    = [k = label], so the upstream gradient goes where k is the label and 0
-    elsewhere (a `where` over the vocabulary, elementwise). Left to autodiff,
-    TensorFlow differentiates the gather by scattering into a dense zero tensor
-    of the logits' shape (`UnsortedSegmentSum`), which from 8M logits on (2048
-    target tokens over 4000 pieces) took as long as the rest of the loss and its
-    gradient together; JAX and torch run either as fast (`benchmarks/loss_speed.py`).
+    A gather along the vocabulary (`take_along_axis`). Under TensorFlow its
+    gradient is written out (`gathered_with_gradient`): left to autodiff,
+    TensorFlow differentiates the gather by scattering into a dense zero tensor of
+    the logits' shape (`UnsortedSegmentSum`), which from 8M logits on (2048 target
+    tokens over 4000 pieces) took as long as the rest of the loss and its gradient
+    together. JAX's autodiff is as fast as the written-out gradient and torch's
+    faster (`benchmarks/loss_speed.py`), so they keep their own.
     """
+    if keras.backend.backend() == "tensorflow":
+        return gathered_with_gradient(labels, logits)
+    return gathered(labels, logits)
+
+
+def gathered(labels, logits):
+    """z_label by `take_along_axis`; its gradient is the backend's."""
     labels = ops.expand_dims(ops.cast(labels, "int32"), -1)
+    return ops.squeeze(ops.take_along_axis(logits, labels, axis=-1), -1)
+
+
+def gathered_with_gradient(labels, logits):
+    """z_label by `take_along_axis`, with the gradient d z_label / d z_k = [k = label]
+    written out: the upstream gradient where k is the label, 0 elsewhere (a `where`
+    over the vocabulary, elementwise)."""
 
     @ops.custom_gradient
     def pick(logits):
         def gradient(*args, upstream=None):
             if upstream is None:  # by position or by name, as the backend passes it
                 (upstream,) = args
-            is_label = ops.arange(logits.shape[-1], dtype="int32") == labels
+            is_label = ops.arange(logits.shape[-1], dtype="int32") == ops.expand_dims(ops.cast(labels, "int32"), -1)
             return ops.where(is_label, ops.expand_dims(upstream, -1), 0.0)
 
-        return ops.squeeze(ops.take_along_axis(logits, labels, axis=-1), -1), gradient
+        return gathered(labels, logits), gradient
 
     return pick(logits)
 
