@@ -2,20 +2,24 @@
 
     python benchmarks/backend_step.py [--settings tensorflow,jax,torch] [--lengths 8,16,32,64,96] [--rounds 2]
     python benchmarks/backend_step.py --settings tensorflow,jax,tensorflow:TF_NUM_INTEROP_THREADS=1
+    python benchmarks/backend_step.py --settings jax,jax:ALLOCATOR=glibc,torch,torch:ALLOCATOR=glibc
 
 `trainer_jit.py` runs the whole trainer for minutes and reports what a budget buys, compiling
 included; this script isolates the steady step. Each setting names a backend and, after `:`,
 environment variables for its process (`jax:XLA_FLAGS=--xla_cpu_enable_fast_math=true`, several
 joined by `:`). Its child process builds and compiles the model exactly as the main job does
 (`training/configs/small_en_es.toml`, `kerasformer.training.train.compile_model`: the backend's own
-`jit_compile` default, the budget schedule's optimizer), and for each padded length L of the main
+`jit_compile` default, the budget schedule's optimizer, the memory allocator setting of
+`kerasformer.training.allocator.set_for_training`; `ALLOCATOR=glibc` in a setting leaves glibc's
+default, `ALLOCATOR=kept` keeps freed memory under any backend), and for each padded length L of the main
 job's length buckets (`kerasformer.training.pipeline`: batch_tokens // L pairs, L tokens a side)
 fits `--warmup` steps on one fixed batch of random ids (compiling that shape), then times `--steps`
 more with `model.fit` (what the trainer calls: no `train_on_batch`, whose per-call state sync under
 JAX the trainer does not pay), from the end of a first extra step to the end of the last, with a
 callback that reads each step's loss as the trainer's callbacks do. The settings run one after
 another, `--rounds` times in turn, so drift in the machine's load hits all alike; a setting's figure
-per shape is its fastest round (other processes only add time). Ratio: the first setting's mean
+per shape is its fastest round (other processes only add time), beside the page faults a step took
+(the process's minor faults over the timed steps, mean over shapes and rounds). Ratio: the first setting's mean
 ms/step over this one's, so above 1 is faster than the first.
 
 Compare only figures of one run; the table names the machine and date. Never a test.
@@ -24,6 +28,8 @@ Compare only figures of one run; the table names the machine and date. Never a t
 import argparse
 import json
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -109,16 +115,16 @@ def step_clock():
         between: `fit`'s setup left out. Like the trainer's own callbacks it reads each step's
         loss, which waits for the step (under JAX a step otherwise returns before it is done)."""
 
-        start, steps, seconds = None, 0, 0.0
+        start, steps, seconds, page_faults = None, 0, 0.0, 0
 
         def on_train_batch_end(self, batch, logs=None):
             float(logs["loss"])
-            now = time.perf_counter()
+            now, faults = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             if self.start is None:
-                self.start = now
+                self.start, self.first_faults = now, faults
             else:
                 self.steps += 1
-                self.seconds = now - self.start
+                self.seconds, self.page_faults = now - self.start, faults - self.first_faults
 
     return StepClock
 
@@ -139,9 +145,16 @@ def child(args):
     import keras
     import numpy as np
 
+    from kerasformer.training.allocator import keep_freed_memory, set_for_training
     from kerasformer.training.config import parse_args as parse_train_args
     from kerasformer.training.train import compile_model
 
+    allocator = os.environ.get("ALLOCATOR", "trainer")
+    choices = {"trainer": lambda: set_for_training(keras.backend.backend()), "kept": keep_freed_memory,
+               "glibc": lambda: False}
+    if allocator not in choices:
+        raise SystemExit(f"ALLOCATOR={allocator!r}: one of {sorted(choices)}")
+    kept = choices[allocator]()
     StepClock = step_clock()
     config = parse_train_args(["--config", CONFIG])
     vocabulary = config.vocabulary_size
@@ -157,8 +170,8 @@ def child(args):
         clock = StepClock()
         model.fit(inputs, labels, batch_size=batch, epochs=1, verbose=0, shuffle=False, callbacks=[clock])
         result[str(length)] = {"batch": batch, "ms_per_step": clock.seconds / clock.steps * 1e3,
-                               "warmup_seconds": warmup}
-    print(json.dumps({"backend": keras.backend.backend(), "shapes": result}))
+                               "page_faults_per_step": clock.page_faults / clock.steps, "warmup_seconds": warmup}
+    print(json.dumps({"backend": keras.backend.backend(), "freed_memory_kept": kept, "shapes": result}))
 
 
 def run_setting(args, setting):
@@ -195,8 +208,10 @@ def main(argv=None):
     mean = {setting: sum(values.values()) / len(values) for setting, values in best.items()}
     first = args.settings[0]
     batches = rounds[first][0]["shapes"]
+    faults = {setting: statistics.mean(r["shapes"][str(length)]["page_faults_per_step"]
+                                       for r in runs for length in args.lengths) for setting, runs in rounds.items()}
     rows = [[setting, *(f"{best[setting][length]:.1f}" for length in args.lengths), f"{mean[setting]:.1f}",
-             f"{mean[first] / mean[setting]:.2f}"] for setting in args.settings]
+             f"{mean[first] / mean[setting]:.2f}", f"{faults[setting]:,.0f}"] for setting in args.settings]
     notes = [
         "The main job's model and compile (training/configs/small_en_es.toml, "
         "kerasformer.training.train.compile_model, each backend's default jit_compile) in one process per "
@@ -210,7 +225,7 @@ def main(argv=None):
     ]
     write_table(args.out, "The main job's training step per bucket shape and backend (ms per step)",
                 ["setting", *(f"L {length} x {batches[str(length)]['batch']}" for length in args.lengths),
-                 "mean", f"ratio to '{first}'"],
+                 "mean", f"ratio to '{first}'", "page faults a step"],
                 rows, notes, extra={"rounds": rounds})
 
 

@@ -32,6 +32,7 @@ import time
 import keras
 import numpy as np
 
+from kerasformer.training.allocator import set_for_training
 from kerasformer.training.callbacks import AtomicCheckpoint, Throughput, TimeBudget, TrainingProgress
 from kerasformer.training.cli import configure
 from kerasformer.training.config import TrainConfig, config_from_args, make_parser, parse_args  # noqa: F401 (parse_args: tests)
@@ -322,6 +323,7 @@ def main(argv=None):
     parser = make_parser(description=__doc__)
     args = parser.parse_args(argv)
     configure(args)
+    set_for_training(keras.backend.backend())  # before the backend's threads first allocate
     try:
         config = config_from_args(args)
         check_distribution(config.distribution, keras.backend.backend(), config.compiled)
