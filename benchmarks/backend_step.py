@@ -39,6 +39,10 @@ sys.path.insert(0, ROOT)
 
 CONFIG = os.path.join(ROOT, "training", "configs", "small_en_es.toml")
 
+# A setting's ALLOCATOR: the trainer's own (`set_for_training`), freed memory kept under any
+# backend, or glibc's default.
+ALLOCATORS = ("trainer", "kept", "glibc")
+
 
 def parse_setting(setting):
     """("jax", {"XLA_FLAGS": "--a=b"}) for "jax:XLA_FLAGS=--a=b"; ValueError names what is wrong."""
@@ -54,6 +58,8 @@ def parse_setting(setting):
         if not equals or not name:
             raise ValueError(f"{setting!r}: {assignment!r} is not NAME=VALUE")
         env[name] = value
+    if env.get("ALLOCATOR", "trainer") not in ALLOCATORS:
+        raise ValueError(f"{setting!r}: ALLOCATOR must be one of {ALLOCATORS}")
     return backend, env
 
 
@@ -149,12 +155,8 @@ def child(args):
     from kerasformer.training.config import parse_args as parse_train_args
     from kerasformer.training.train import compile_model
 
-    allocator = os.environ.get("ALLOCATOR", "trainer")
-    choices = {"trainer": lambda: set_for_training(keras.backend.backend()), "kept": keep_freed_memory,
-               "glibc": lambda: False}
-    if allocator not in choices:
-        raise SystemExit(f"ALLOCATOR={allocator!r}: one of {sorted(choices)}")
-    kept = choices[allocator]()
+    kept = {"trainer": lambda: set_for_training(keras.backend.backend()), "kept": keep_freed_memory,
+            "glibc": lambda: False}[os.environ.get("ALLOCATOR", "trainer")]()
     StepClock = step_clock()
     config = parse_train_args(["--config", CONFIG])
     vocabulary = config.vocabulary_size

@@ -3,6 +3,7 @@ tests/run.sh, the benchmarks and the tests share (`kerasformer.BACKENDS`)."""
 
 import os
 import re
+import types
 
 import pytest
 
@@ -22,6 +23,7 @@ def test_a_setting_is_a_backend_and_its_process_environment():
     assert parse_setting("jax:XLA_FLAGS=--xla_cpu_enable_fast_math=true:A=") == \
         ("jax", {"XLA_FLAGS": "--xla_cpu_enable_fast_math=true", "A": ""})
     assert parse_args(["--settings", "tensorflow, jax"]).settings == ["tensorflow", "jax"]
+    assert parse_setting("torch:ALLOCATOR=glibc") == ("torch", {"ALLOCATOR": "glibc"})
 
 
 def test_the_default_settings_are_the_packages_backends():
@@ -43,6 +45,8 @@ def test_bad_arguments_are_refused_by_name(argv, says, capsys):
 def test_the_step_clock_times_from_the_first_step_end_and_reads_each_loss(monkeypatch):
     ticks = iter([10.0, 10.5, 11.5, 13.0])
     monkeypatch.setattr(backend_step.time, "perf_counter", lambda: next(ticks))
+    faults = iter([100, 150, 400, 700])  # the process's minor page faults at each step's end
+    monkeypatch.setattr(backend_step.resource, "getrusage", lambda who: types.SimpleNamespace(ru_minflt=next(faults)))
     clock = backend_step.step_clock()()
     read = []
 
@@ -54,10 +58,12 @@ def test_the_step_clock_times_from_the_first_step_end_and_reads_each_loss(monkey
     for batch in range(4):
         clock.on_train_batch_end(batch, {"loss": Loss()})
     assert (clock.steps, clock.seconds) == (3, 3.0)  # 10.0 (first step's end) to 13.0, three steps
+    assert clock.page_faults == 600  # over the same three steps
     assert len(read) == 4
 
 
-@pytest.mark.parametrize("bad, says", [("mxnet", "backend"), ("jax:FLAG", "NAME=VALUE"), ("jax:=1", "NAME=VALUE")])
+@pytest.mark.parametrize("bad, says", [("mxnet", "backend"), ("jax:FLAG", "NAME=VALUE"), ("jax:=1", "NAME=VALUE"),
+                                       ("jax:ALLOCATOR=jemalloc", "ALLOCATOR must be one of ('trainer', 'kept', 'glibc')")])
 def test_a_bad_setting_is_refused_by_name(bad, says, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--settings", f"tensorflow,{bad}"])
