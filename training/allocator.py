@@ -2,19 +2,22 @@
 
 Under JAX and torch a training step allocates its large temporaries (XLA's
 buffer of the step's intermediates, about 100 MB for the main job's model; the
-logits and their gradients) and frees them again. glibc's malloc serves any
-request of 32 MB or more, and any large request of a thread that is not the
-main one, with a fresh `mmap`, and returns it with `munmap` when freed, so every
-step the kernel maps and zeroes those pages again: 20,000-25,000 page faults a
-step, a fifth of the step's time (benchmarks/backend_step.py, the allocator
-column). TensorFlow's runtime keeps its buffers and takes no such faults.
+logits and their gradients) and frees them again. glibc's malloc serves a
+request above its mmap threshold (32 MB at most) with a fresh `mmap` and gives
+it back with `munmap` when freed, so every step the kernel maps and zeroes those
+pages again, inside whichever op first writes them: 17,000-25,000 page faults a
+step (benchmarks/results/backend_step_allocator.md). TensorFlow's runtime takes
+almost none.
 
 `keep_freed_memory` tells glibc (`mallopt`) to serve every thread from the one
 main heap, never from `mmap`, and not to give freed memory back to the system:
-a step's buffers are then reused by the next step. The cost is that the
-process keeps its peak memory until it exits, which a training process
-reaches anyway. It must run before the backend starts its threads (a thread
-keeps the heap it first allocated from), so the trainer calls it first thing.
+a step's buffers are then reused by the next step. The one heap is what JAX
+needs: `mmap` off and no trimming alone changed nothing there, since XLA's
+buffer comes from another thread, whose own heap holds at most 64 MB and maps
+anything larger regardless. The cost is that the process
+keeps its peak memory until it exits, which a training process reaches anyway.
+It must run before the backend's threads first allocate (a thread keeps the
+heap it started with), so the trainer calls it first thing.
 """
 
 import ctypes
