@@ -22,7 +22,10 @@ three alike. A model's figure is its fastest round's time per step: other
 processes on the machine only ever add time, so the fastest round is the best
 estimate of the model's own cost (the medians are in the .json file). Target
 tokens/s counts the non-padding labels of the batch. The ratio is ours / the
-faster alternative. Timings only; never a test.
+faster alternative. The process runs under the trainer's memory allocator setting
+(`kerasformer.training.allocator.set_for_training`: freed memory kept under JAX and
+torch), so every model's figure is what `kerasformer-train` would see. Timings only;
+never a test.
 
 `--ours-without-dropout` adds our model with dropout 0, the setting of the
 keras.io example's blocks; `--ours-with-attention-dropout` adds our model with
@@ -394,6 +397,11 @@ def main(argv=None):
     if args.backends:
         run_backends(args)
         return
+    import keras
+
+    from kerasformer.training.allocator import set_for_training
+
+    set_for_training(keras.backend.backend())  # as kerasformer-train does, before any model
     cells = run_backend(args)
     if args.json_out:
         with open(args.json_out, "w", encoding="utf-8") as handle:
