@@ -166,6 +166,8 @@ def measure(preset_name, jit_compile, args):
     from kerasformer import preset
 
     keras.backend.clear_session()  # the last cell's models and traced functions
+    if jit_compile and keras.backend.backend() == "torch":
+        allow_recompiles()
     config = preset(preset_name, source_vocab_size=args.vocab, target_vocab_size=args.vocab)
     batch = args.batch_small if preset_name == "small" else args.batch_base
     inputs, labels, target_tokens = fixed_batch(batch, args.length, args.vocab)
@@ -196,6 +198,19 @@ def measure(preset_name, jit_compile, args):
             result["median_step_s"] = statistics.median(result["step_s"])
             result["tokens_per_s"] = target_tokens / result["best_step_s"]
     return {"batch": batch, "length": args.length, "target_tokens": target_tokens, "models": results}
+
+
+def allow_recompiles():
+    """Lets torch.compile compile every model whole. Dynamo guards a compiled frame on the
+    objects it saw, so Keras's shared frames (a layer's `forward`, the train step) compile
+    once per layer and per model; past `recompile_limit` (8) a frame silently runs eagerly
+    from then on, for every later layer and model (on 2026-12-04 the keras.io example's
+    attention and the fifth model's train step did), which would compare compiled code
+    with eager code."""
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = 4096
+    torch._dynamo.config.accumulated_recompile_limit = 65536
 
 
 def model_names(args):
