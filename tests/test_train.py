@@ -1,6 +1,7 @@
 """End to end: kerasformer.training.train on a few hundred pairs writes a complete run folder and
 the run translates (also Chinese->English). Interrupted runs: tests/test_resume.py."""
 
+import dataclasses
 import gzip
 import json
 import math
@@ -12,9 +13,9 @@ import numpy as np
 import pytest
 
 from kerasformer.training import callbacks
-from kerasformer.training.config import TrainConfig
+from kerasformer.training.config import TrainConfig, check_jit_compile
 from kerasformer.training.evaluate import evaluate
-from kerasformer.training.train import parse_args, train
+from kerasformer.training.train import check_backend, parse_args, train
 from kerasformer.training.translator import Translator
 
 TINY = dict(preset="tiny", max_train_pairs=200, vocabulary_size=300, batch_tokens=512, warmup_steps=20, patience=50)
@@ -111,6 +112,32 @@ def test_mixed_precision_trains_with_float32_loss(tmp_path, precision):
     assert model.get_layer("decoder").dtype_policy.name == precision
     assert np.isfinite(metrics["history"]["loss"][0])
     assert keras.mixed_precision.dtype_policy().name == "float32"  # the global policy is untouched
+
+
+@pytest.mark.backend_independent
+def test_a_compiled_training_step_is_refused_under_torch_only():
+    """torch.compile compiles the step again for every bucket's batch shape (training/config.py)."""
+    for backend in ("tensorflow", "jax", "torch"):
+        check_jit_compile(backend, False)
+    for backend in ("tensorflow", "jax"):
+        check_jit_compile(backend, True)
+    with pytest.raises(ValueError, match=r"jit_compile=true is not supported under KERAS_BACKEND=torch: "
+                                         r"torch.compile compiles .* every batch shape .* set jit_compile=false"):
+        check_jit_compile("torch", True)
+
+
+def test_the_trainer_checks_jit_compile_where_training_starts(tmp_path):
+    """Under torch a compiled step is refused before anything is written; a config that asks for one
+    still reads there (a JAX run is evaluated under torch). Elsewhere it is accepted."""
+    config = TrainConfig(preset="tiny", run_dir=str(tmp_path / "run"), jit_compile=True)
+    assert config.compiled
+    if keras.backend.backend() == "torch":
+        with pytest.raises(ValueError, match="jit_compile=true is not supported under KERAS_BACKEND=torch"):
+            train(config)
+        assert not (tmp_path / "run").exists()
+        check_backend(dataclasses.replace(config, jit_compile="auto"))  # eager under torch
+    else:
+        check_backend(config)
 
 
 def test_flags_override_the_config_file_and_unknown_keys_are_refused(tmp_path):

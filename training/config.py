@@ -61,7 +61,8 @@ class TrainConfig:
     initial_loss_scale: float = 32768.0
     loss_scale_growth_steps: int = 2000
     # True, False, or "auto": compiled under JAX (op by op it is several times slower), not
-    # under TensorFlow and torch (XLA / torch.compile cost more than they give at these sizes).
+    # under TensorFlow (XLA costs more than it gives at these sizes); torch refuses True
+    # (`check_jit_compile`).
     jit_compile: object = "auto"
     # "data_parallel": every GPU of the host shares each batch (see training/distribute.py).
     distribution: str = "none"
@@ -157,6 +158,25 @@ class TrainConfig:
 
 
 # The help of each field's flag (`kerasformer-train --help` adds the default).
+def check_jit_compile(backend, compiled):
+    """Raises ValueError if the trainer cannot run a compiled step (`compiled`) under `backend`.
+
+    Under torch, Keras's `jit_compile` is `torch.compile` of the training step, which compiles
+    again for each batch shape, and the length buckets make a dozen: on 2026-12-04 (torch
+    2.13.0, Keras 3.15.1, the main job's config, 2-core CPU) the first step took 2:09 and each
+    later one about a minute (4 steps in 5 minutes; eagerly the main job makes about 500 a minute); past
+    torch's recompile limit (8 per frame) the frames run eagerly anyway; with every shape
+    dynamic (`assume_static_by_default=False`) Dynamo failed with a KeyError in its guards.
+    """
+    if backend == "torch" and compiled:
+        raise ValueError(
+            "jit_compile=true is not supported under KERAS_BACKEND=torch: torch.compile compiles the "
+            "training step again for every batch shape the length buckets make (about a minute each on a "
+            "2-core CPU) and runs it eagerly past torch's recompile limit; set jit_compile=false (the "
+            "default under torch), or use KERAS_BACKEND=jax, where the step is compiled by default"
+        )
+
+
 HELP = {
     "run_dir": "the run folder (config, tokenizers, checkpoints, logs, metrics); running the same command "
                "again resumes an unfinished run there",
@@ -189,8 +209,8 @@ HELP = {
     "precision": f"one of {', '.join(PRECISIONS)}",
     "initial_loss_scale": "mixed_float16: the dynamic loss scale to start from",
     "loss_scale_growth_steps": "mixed_float16: double the loss scale after this many finite steps",
-    "jit_compile": "compile the training step: XLA under TensorFlow, jax.jit under JAX, torch.compile under torch "
-                   "('auto': under JAX only)",
+    "jit_compile": "compile the training step: XLA under TensorFlow, jax.jit under JAX "
+                   "('auto': under JAX only; refused under torch)",
     "distribution": "none, or data_parallel (every GPU of the host shares each batch)",
     "seed": "seed of the weights, dropout and the data order",
 }

@@ -35,7 +35,9 @@ import numpy as np
 from kerasformer.training.allocator import set_for_training
 from kerasformer.training.callbacks import AtomicCheckpoint, Throughput, TimeBudget, TrainingProgress
 from kerasformer.training.cli import configure
-from kerasformer.training.config import TrainConfig, config_from_args, make_parser, parse_args  # noqa: F401 (parse_args: tests)
+from kerasformer.training.config import (  # noqa: F401 (parse_args: tests)
+    TrainConfig, check_jit_compile, config_from_args, make_parser, parse_args,
+)
 from kerasformer.training.corpus_reader import read_corpus
 from kerasformer.training.distribute import check_distribution, data_parallel
 from kerasformer.training.files import WriteError
@@ -113,14 +115,20 @@ def compile_model(config: TrainConfig, model_config):
     return model
 
 
+def check_backend(config: TrainConfig):
+    """Raises ValueError if `config` cannot train under this backend. Checked where training
+    starts, not where a config is read (a JAX data-parallel run evaluates under torch)."""
+    backend = keras.backend.backend()
+    check_distribution(config.distribution, backend, config.compiled)
+    check_jit_compile(backend, config.compiled)
+
+
 def train(config: TrainConfig, callbacks=()):
     """Runs (or resumes) training; returns the metrics dict written to metrics.json.
 
     `callbacks` are added to the run's own (after them)."""
     started = time.monotonic()
-    # Settings that depend on this machine and backend are checked here, where training
-    # starts, not where a config is read (a JAX data-parallel run evaluates under torch).
-    check_distribution(config.distribution, keras.backend.backend(), config.compiled)
+    check_backend(config)
     run = RunFolder(config.run_dir)
     os.makedirs(run.path, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
@@ -326,7 +334,7 @@ def main(argv=None):
     set_for_training(keras.backend.backend())  # before the backend's threads first allocate
     try:
         config = config_from_args(args)
-        check_distribution(config.distribution, keras.backend.backend(), config.compiled)
+        check_backend(config)
     except ValueError as error:  # a setting's value, not the command's syntax: no usage text
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     try:
