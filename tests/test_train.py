@@ -15,7 +15,7 @@ import pytest
 from kerasformer.training import callbacks
 from kerasformer.training.config import TrainConfig, check_jit_compile
 from kerasformer.training.evaluate import evaluate
-from kerasformer.training.train import check_backend, parse_args, train
+from kerasformer.training.train import check_backend, main, parse_args, train
 from kerasformer.training.translator import Translator
 
 TINY = dict(preset="tiny", max_train_pairs=200, vocabulary_size=300, batch_tokens=512, warmup_steps=20, patience=50)
@@ -126,14 +126,21 @@ def test_a_compiled_training_step_is_refused_under_torch_only():
         check_jit_compile("torch", True)
 
 
-def test_the_trainer_checks_jit_compile_where_training_starts(tmp_path):
-    """Under torch a compiled step is refused before anything is written; a config that asks for one
-    still reads there (a JAX run is evaluated under torch). Elsewhere it is accepted."""
+def test_the_trainer_checks_jit_compile_where_training_starts(tmp_path, capsys):
+    """Under torch a compiled step is refused before anything is written (the command: one line,
+    exit 2); a config that asks for one still reads there (a JAX run is evaluated under torch).
+    Elsewhere it is accepted."""
     config = TrainConfig(preset="tiny", run_dir=str(tmp_path / "run"), jit_compile=True)
     assert config.compiled
     if keras.backend.backend() == "torch":
         with pytest.raises(ValueError, match="jit_compile=true is not supported under KERAS_BACKEND=torch"):
             train(config)
+        with pytest.raises(SystemExit) as exit:
+            main(["--run-dir", str(tmp_path / "run"), "--preset", "tiny", "--jit-compile"])
+        assert exit.value.code == 2
+        error = capsys.readouterr().err
+        assert error.startswith("kerasformer-train: error: jit_compile=true is not supported under KERAS_BACKEND=torch")
+        assert error.count("\n") == 1 and "--no-jit-compile" in error
         assert not (tmp_path / "run").exists()
         check_backend(dataclasses.replace(config, jit_compile="auto"))  # eager under torch
     else:

@@ -157,26 +157,28 @@ class TrainConfig:
         return cls(**values)
 
 
-# The help of each field's flag (`kerasformer-train --help` adds the default).
 def check_jit_compile(backend, compiled):
     """Raises ValueError if the trainer cannot run a compiled step (`compiled`) under `backend`.
 
     Under torch, Keras's `jit_compile` is `torch.compile` of the training step, which compiles
     again for each batch shape, and the length buckets make a dozen: on 2026-12-04 (torch
     2.13.0, Keras 3.15.1, the main job's config, 2-core CPU) the first step took 2:09 and each
-    later one about a minute (4 steps in 5 minutes; eagerly the main job makes about 500 a minute); past
-    torch's recompile limit (8 per frame) the frames run eagerly anyway; with every shape
-    dynamic (`assume_static_by_default=False`) Dynamo failed with a KeyError in its guards.
+    later one about a minute (4 steps in 5 minutes; eagerly the main job makes about 500 a
+    minute); past torch's recompile limit (8 per frame) the frames run eagerly anyway; with
+    every shape dynamic (`assume_static_by_default=False`) Dynamo failed with a KeyError in
+    its guards. README, "Precision and XLA".
     """
     if backend == "torch" and compiled:
         raise ValueError(
             "jit_compile=true is not supported under KERAS_BACKEND=torch: torch.compile compiles the "
             "training step again for every batch shape the length buckets make (about a minute each on a "
-            "2-core CPU) and runs it eagerly past torch's recompile limit; set jit_compile=false (the "
-            "default under torch), or use KERAS_BACKEND=jax, where the step is compiled by default"
+            "2-core CPU) and runs it eagerly past torch's recompile limit; set jit_compile=false "
+            "(--no-jit-compile; the default under torch), or use KERAS_BACKEND=jax, where the step is "
+            "compiled by default"
         )
 
 
+# The help of each field's flag (`kerasformer-train --help` adds the default).
 HELP = {
     "run_dir": "the run folder (config, tokenizers, checkpoints, logs, metrics); running the same command "
                "again resumes an unfinished run there",
