@@ -62,6 +62,13 @@ def parse_args(argv=None):
     if unknown:
         parser.error(f"--settings: {unknown}: each must be one of {sorted(SETTINGS)}, "
                      f"optionally after BACKEND: with BACKEND one of {BACKENDS}")
+    from kerasformer.training.config import check_jit_compile
+
+    for setting, (backend, jit) in parsed.items():  # the trainer's own rule, before any run starts
+        try:
+            check_jit_compile(backend, jit == "on")
+        except ValueError as error:
+            parser.error(f"--settings: {setting!r}: {error}")
     return args
 
 

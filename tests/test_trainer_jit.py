@@ -22,3 +22,13 @@ def test_an_unknown_backend_or_setting_is_refused_by_name(bad, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--settings", f"off,{bad}"])
     assert repr(bad) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, refused", [(["--settings", "jax:on,torch:on"], "torch:on"),
+                                            (["--backend", "torch"], "on")])  # the default settings
+def test_a_setting_the_trainer_refuses_is_refused_before_any_run(argv, refused, capsys):
+    """A compiled step under torch (training/config.py, check_jit_compile), here as in kerasformer-train."""
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    error = capsys.readouterr().err
+    assert f"--settings: {refused!r}: jit_compile=true is not supported under KERAS_BACKEND=torch" in error
