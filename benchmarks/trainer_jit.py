@@ -1,7 +1,7 @@
 """The main job's trainer with and without a compiled training step, one after the other.
 
     python benchmarks/trainer_jit.py [--minutes 4] [--backend tensorflow] [--settings off,on,off,on]
-    python benchmarks/trainer_jit.py --settings tensorflow:off,jax:on   # the main job per backend
+    python benchmarks/trainer_jit.py --settings tensorflow:on,jax:on    # the main job per backend (their defaults)
 
 `train_throughput.py` times `train_on_batch` on one fixed batch; the trainer meets a batch
 shape per length bucket (up to 12 under the main job's settings), and a compiled step

@@ -155,7 +155,8 @@ def test_booleans_take_flag_and_no_flag(tmp_path, capsys):
     assert config.parse_args(["--config", str(path)]).skip_malformed is True
     assert config.parse_args(["--config", str(path), "--no-skip-malformed"]).skip_malformed is False
     assert config.parse_args([]).jit_compile == "auto"
-    assert config.parse_args([]).compiled is (keras.backend.backend() == "jax")  # auto: compiled under JAX only
+    # auto: compiled under JAX and TensorFlow (training/config.py, TrainConfig.compiled)
+    assert config.parse_args([]).compiled is (keras.backend.backend() in ("jax", "tensorflow"))
     assert capsys.readouterr().err == ""
     assert exporter.make_parser().parse_args(["run", "--no-warmup"]).warmup is False
     assert exporter.make_parser().parse_args(["run"]).warmup is True

@@ -14,6 +14,7 @@ import pytest
 
 from kerasformer.training import callbacks
 from kerasformer.training.config import TrainConfig, check_jit_compile
+from kerasformer.training.distribute import check_distribution
 from kerasformer.training.evaluate import evaluate
 from kerasformer.training.train import check_backend, main, parse_args, train
 from kerasformer.training.translator import Translator
@@ -124,6 +125,21 @@ def test_a_compiled_training_step_is_refused_under_torch_only():
     with pytest.raises(ValueError, match=r"jit_compile=true is not supported under KERAS_BACKEND=torch: "
                                          r"torch.compile compiles .* every batch shape .* set jit_compile=false"):
         check_jit_compile("torch", True)
+
+
+def test_auto_compiles_the_step_where_the_trainer_runs_faster_compiled():
+    """`jit_compile = "auto"` (the default): compiled under JAX and TensorFlow, where the main job
+    makes more steps compiled (README "XLA in the trainer"), except TensorFlow's data-parallel step,
+    which XLA cannot compile (training/distribute.py); eager under torch, which refuses a compiled
+    step. An explicit setting is kept as written."""
+    backend = keras.backend.backend()
+    assert TrainConfig(preset="tiny").compiled is (backend in ("jax", "tensorflow"))
+    data_parallel = TrainConfig(preset="tiny", distribution="data_parallel")
+    assert data_parallel.compiled is (backend == "jax")
+    if backend != "torch":  # where data-parallel runs, auto gives a setting it accepts
+        check_distribution(data_parallel.distribution, backend, data_parallel.compiled)
+    assert TrainConfig(preset="tiny", jit_compile=False).compiled is False
+    assert TrainConfig(preset="tiny", jit_compile=True).compiled is True
 
 
 def test_the_trainer_checks_jit_compile_where_training_starts(tmp_path, capsys):

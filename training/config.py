@@ -60,8 +60,10 @@ class TrainConfig:
     # mixed_float16 only: dynamic loss scaling starts here and doubles after this many finite steps.
     initial_loss_scale: float = 32768.0
     loss_scale_growth_steps: int = 2000
-    # True, False, or "auto": compiled under JAX (op by op it is several times slower), not
-    # under TensorFlow (XLA costs more than it gives at these sizes); torch refuses True
+    # True, False, or "auto": compiled under JAX (op by op it is several times slower) and under
+    # TensorFlow (XLA: 1.07x the plain graph's steps in the main job's 12 minutes, 1.10x its
+    # tokens/s, benchmarks/results/trainer_jit_tf12.md) unless the step is data-parallel there
+    # (XLA cannot compile a MirroredStrategy step, training/distribute.py); torch refuses True
     # (`check_jit_compile`).
     jit_compile: object = "auto"
     # "data_parallel": every GPU of the host shares each batch (see training/distribute.py).
@@ -113,7 +115,8 @@ class TrainConfig:
     def compiled(self):
         """Whether the training step is compiled on this backend (`jit_compile` resolved)."""
         if self.jit_compile == "auto":
-            return keras.backend.backend() == "jax"
+            backend = keras.backend.backend()
+            return backend == "jax" or backend == "tensorflow" and self.distribution == "none"
         return self.jit_compile
 
     @property
@@ -212,7 +215,7 @@ HELP = {
     "initial_loss_scale": "mixed_float16: the dynamic loss scale to start from",
     "loss_scale_growth_steps": "mixed_float16: double the loss scale after this many finite steps",
     "jit_compile": "compile the training step: XLA under TensorFlow, jax.jit under JAX "
-                   "('auto': under JAX only; refused under torch)",
+                   "('auto': under JAX, and under TensorFlow unless data-parallel; refused under torch)",
     "distribution": "none, or data_parallel (every GPU of the host shares each batch)",
     "seed": "seed of the weights, dropout and the data order",
 }
