@@ -43,7 +43,8 @@ with `--vocabulary-size 8000 --batch-tokens 2048 --model '{"num_layers": 3, "num
 3, "dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.1, "norm_first": false}'
 --learning-rate-schedule paper --warmup-steps 300 --peak-learning-rate 0
 --time-budget-minutes M`, under `--backend` (KERAS_BACKEND; jit_compile as the config
-resolves it: compiled under JAX only). Its figure is metrics.json's `train_tokens_per_second`
+resolves it: compiled under JAX, and under TensorFlow since 2026-12-05; results dated
+before that ran TensorFlow's plain graph). Its figure is metrics.json's `train_tokens_per_second`
 (training/train.py `summary`): non-padding labels (target pieces + [END]) per step, averaged
 over one epoch's batches, times the steps, over the seconds from the end of the first step
 (tracing) to the end of training, validation left out (callbacks.Throughput; the checkpoints
