@@ -1,0 +1,34 @@
+"""benchmarks/train_throughput.py's `--model-only`: every model trained on the mean of its
+logits, so the table gives the models' own ratio, without the loss all of them share."""
+
+import numpy as np
+from keras import ops
+
+from benchmarks import train_throughput
+from benchmarks.train_throughput import compiled, fixed_batch, parse_args, results_name
+from kerasformer import TransformerConfig
+
+
+def tiny():
+    return TransformerConfig(source_vocab_size=20, target_vocab_size=24, d_model=8, num_heads=2, d_ff=16,
+                             num_layers=1, dropout=0.0)
+
+
+def test_model_only_trains_every_model_on_the_mean_of_its_logits():
+    inputs, labels, _ = fixed_batch(batch=3, length=6, vocab_size=20)
+    for name in ("ours", "keras.io example"):
+        model = compiled(name, tiny(), jit_compile=False, model_only=True)
+        logits = ops.convert_to_numpy(model(inputs, training=False))
+        loss = float(ops.convert_to_numpy(model.compute_loss(inputs, labels, model(inputs, training=False))))
+        # The labels' values play no part. The keras.io example's logits carry its embedding's padding
+        # mask (`mask_zero`), which Keras applies to any loss; ours carry none.
+        per_token = logits.mean(axis=-1)
+        expected = per_token.mean() if name == "ours" else per_token[labels != 0].mean()
+        np.testing.assert_allclose(loss, expected, rtol=1e-5, atol=1e-6)
+    real = compiled("ours", tiny(), jit_compile=False)
+    assert real.loss is not train_throughput.mean_of_logits
+
+
+def test_a_model_only_run_writes_results_of_its_own():
+    assert results_name("train_throughput", parse_args([])) == "train_throughput"
+    assert results_name("train_throughput_jax", parse_args(["--model-only"])) == "train_throughput_jax_model_only"
