@@ -34,9 +34,9 @@ like the paper, drops sublayer outputs and embedding sums only). `--compare-fuse
 (`fused=False`: a matmul per projection, 3-D matmuls) and the ratio of the
 default fused path to it: what the fused projections and 2-D views buy. `--model-only` compiles every model with
 a loss of one reduction (the mean of the logits) instead of ours: the loss and its
-gradient over the `(batch, length, vocabulary)` logits cost every model the same, which
-only pulls the ratio towards 1, so the ratio of the models alone is the most our loss
-could let the real ratio reach. A model a backend cannot run is reported as "not
+gradient over the `(batch, length, vocabulary)` logits cost every model about the same,
+which only pulls the ratio towards 1, so the ratio of the models alone bounds what the
+real ratio can reach (in eager steps; a compiler may fuse the loss with the model). A model a backend cannot run is reported as "not
 supported: <error>"; `--skip torch:base:on,...` leaves cells out, reported as
 not run, and `--merge earlier.json` fills the table with an earlier run's cells
 that this run does not measure. Under torch, jit_compile=True means
@@ -330,8 +330,9 @@ def write(cells, args, name, merged_settings=None):
         "(the machine is shared: other processes only add time; medians in the .json).",
         "Same for all three models: preset sizes, batch and padding, loss "
         + ("the mean of the logits (`--model-only`: the models alone, without the cost of our loss that all "
-           "share; with our loss, in eager steps where it adds the same time to each, the ratio lies between this one and 1)" if args.model_only
-           else "`MaskedLabelSmoothedCrossEntropy(0.1)`") + ", optimizer `paper_optimizer(d_model)`, no metrics, jit_compile; "
+           "share; with our loss, where it adds the same time to each step, the ratio lies between this one "
+           "and 1)" if args.model_only else "`MaskedLabelSmoothedCrossEntropy(0.1)`")
+        + ", optimizer `paper_optimizer(d_model)`, no metrics, jit_compile; "
         f"vocabularies {args.vocab}; float32.",
         "keras.io example: `benchmarks/alternatives/keras_io_example.py` (learned positions, no dropout but "
         "0.5 before the output layer, untied output layer, head width d_model / h; the published example uses "
