@@ -18,8 +18,9 @@ def test_model_only_trains_every_model_on_the_mean_of_its_logits():
     inputs, labels, _ = fixed_batch(batch=3, length=6, vocab_size=20)
     for name in ("ours", "keras.io example"):
         model = compiled(name, tiny(), jit_compile=False, model_only=True)
-        logits = ops.convert_to_numpy(model(inputs, training=False))
-        loss = float(ops.convert_to_numpy(model.compute_loss(inputs, labels, model(inputs, training=False))))
+        outputs = model(inputs, training=False)  # with the padding mask Keras gives the loss, if any
+        logits = ops.convert_to_numpy(outputs)
+        loss = float(ops.convert_to_numpy(model.compute_loss(inputs, labels, outputs)))
         # The labels' values play no part. The keras.io example's logits carry its embedding's padding
         # mask (`mask_zero`), which Keras applies to any loss; ours carry none.
         per_token = logits.mean(axis=-1)
