@@ -11,6 +11,7 @@ from kerasformer.dropout import PairedDropout
 from kerasformer.embedding import PositionalEmbedding, positional_encoding
 from kerasformer.encoder import Encoder, EncoderBlock
 from kerasformer.feed_forward import FeedForward
+from kerasformer.layer_norm import LayerNorm
 from kerasformer.masks import causal_mask, padding_mask
 from kerasformer.model import Seq2Seq, build_seq2seq
 
@@ -27,6 +28,7 @@ __all__ = [
     "Encoder",
     "EncoderBlock",
     "FeedForward",
+    "LayerNorm",
     "MultiHeadAttention",
     "PairedDropout",
     "PRESETS",

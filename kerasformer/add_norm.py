@@ -3,6 +3,7 @@
 import keras
 
 from kerasformer.dropout import dropout_layer
+from kerasformer.layer_norm import LayerNorm
 
 
 @keras.saving.register_keras_serializable(package="kerasformer")
@@ -21,7 +22,8 @@ class AddNorm(keras.layers.Layer):
     Args:
         dropout: rate applied to the sublayer output ("residual dropout", 5.4).
         norm_first: pre-norm instead of post-norm.
-        fused: the dropout draws half the random numbers (`PairedDropout`).
+        fused: the dropout draws half the random numbers (`PairedDropout`), and the
+            LayerNorm writes out its gradient where that is faster (`LayerNorm`).
         epsilon: LayerNorm epsilon.
 
     Call arguments:
@@ -52,9 +54,7 @@ class AddNorm(keras.layers.Layer):
         self.supports_masking = True
 
     def build(self, x_shape):
-        self.layer_norm = keras.layers.LayerNormalization(
-            epsilon=self.epsilon, name="layer_norm", dtype=self.dtype_policy
-        )
+        self.layer_norm = LayerNorm(fused=self.fused, epsilon=self.epsilon, name="layer_norm", dtype=self.dtype_policy)
         self.layer_norm.build(x_shape)
         self.residual_dropout = dropout_layer(self.dropout, self.fused, dtype=self.dtype_policy)
 

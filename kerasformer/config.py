@@ -56,7 +56,8 @@ class TransformerConfig:
             Fused dropout (`PairedDropout`, TensorFlow and JAX) takes two keep-or-drop
             decisions from each random number, half the random numbers of
             `keras.layers.Dropout` (benchmarks/dropout_cost.py), with P_drop rounded
-            to a multiple of 1/2048.
+            to a multiple of 1/2048. Fused LayerNorm (`LayerNorm`, JAX) writes out its
+            gradient instead of JAX's autodiff of it.
     """
 
     source_vocab_size: int = 8000

@@ -8,6 +8,7 @@ from kerasformer.add_norm import AddNorm, outputs_of
 from kerasformer.attention import MultiHeadAttention
 from kerasformer.embedding import PositionalEmbedding
 from kerasformer.feed_forward import FeedForward, position_wise
+from kerasformer.layer_norm import LayerNorm
 from kerasformer.masks import padding_mask
 
 
@@ -217,9 +218,7 @@ class Decoder(keras.layers.Layer):
             self.blocks.append(block)
         self.final_norm = None
         if self.norm_first:
-            self.final_norm = keras.layers.LayerNormalization(
-                epsilon=1e-6, name="final_norm", dtype=policy
-            )
+            self.final_norm = LayerNorm(fused=self.fused, epsilon=1e-6, name="final_norm", dtype=policy)
             self.final_norm.build(x_shape)
         self.output_projection = None
         if not self.tie_embeddings:

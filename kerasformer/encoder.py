@@ -6,6 +6,7 @@ from kerasformer.add_norm import AddNorm
 from kerasformer.attention import MultiHeadAttention
 from kerasformer.embedding import PositionalEmbedding
 from kerasformer.feed_forward import FeedForward
+from kerasformer.layer_norm import LayerNorm
 from kerasformer.masks import padding_mask
 
 
@@ -150,9 +151,7 @@ class Encoder(keras.layers.Layer):
             self.blocks.append(block)
         self.final_norm = None
         if self.norm_first:
-            self.final_norm = keras.layers.LayerNormalization(
-                epsilon=1e-6, name="final_norm", dtype=policy
-            )
+            self.final_norm = LayerNorm(fused=self.fused, epsilon=1e-6, name="final_norm", dtype=policy)
             self.final_norm.build(x_shape)
 
     def call(self, token_ids, return_attention_scores=False, training=None):
