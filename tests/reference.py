@@ -55,10 +55,15 @@ def multi_head_attention(layer, query, value, mask=None):
     return linear(np.concatenate(heads, axis=-1), layer.output_dense), np.stack(weights, axis=1)
 
 
-def layer_norm(x, layer):
+def layer_norm_of(x, gamma, beta, epsilon):
+    """gamma * (x - mean) / sqrt(var + epsilon) + beta over the last axis, in x's dtype."""
     mean = x.mean(-1, keepdims=True)
     var = x.var(-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + layer.epsilon) * layer.gamma.numpy() + layer.beta.numpy()
+    return (x - mean) / np.sqrt(var + epsilon) * gamma + beta
+
+
+def layer_norm(x, layer):
+    return layer_norm_of(x, layer.gamma.numpy(), layer.beta.numpy(), layer.epsilon)
 
 
 def add_norm(x, sublayer, add_norm_layer):
