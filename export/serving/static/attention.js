@@ -117,11 +117,14 @@ function explain(error) {
 async function suggestModels() {
   // Only kerasformer-serve lists its models (an extension); ask it only when it served this page.
   if ($("address").value.trim() && address() !== window.location.origin) return;
+  // The first name fills only a field that was empty when the page asked: a model named in the
+  // address or typed while the answer was on its way is the user's, and is never replaced.
+  const fill = !modelName();
   try {
     const stats = await request("GET", "/kerasformer/stats");
     const names = Object.keys(stats.models || {}).sort();
     $("model-names").replaceChildren(...names.map((name) => Object.assign(document.createElement("option"), { value: name })));
-    if (!modelName() && names.length) $("model").value = names[0];
+    if (fill && !modelName() && names.length) $("model").value = names[0];
   } catch (error) {
     // another server: the user types the model's name
   }
