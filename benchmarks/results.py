@@ -61,7 +61,7 @@ def markdown(title, columns, rows, notes=(), env=None):
     return "\n".join(lines) + "\n"
 
 
-def write_table(name, title, columns, rows, notes=(), extra=None):
+def write_table(name, title, columns, rows, notes=(), extra=None, env=None):
     """Prints the table and writes `results/<name>.json` and `results/<name>.md`.
 
     Args:
@@ -71,8 +71,11 @@ def write_table(name, title, columns, rows, notes=(), extra=None):
         rows: lists of cells (already formatted strings or numbers).
         notes: sentences printed above the table (settings, what was asserted).
         extra: more JSON-able data for the .json file (raw timings).
+        env: the date, machine, Python and versions the figures were measured with; this
+            process's `environment()` when not given (a table written again from an earlier
+            record passes that record's, so it keeps the day and machine it ran on).
     """
-    env = environment()
+    env = env or environment()
     text = markdown(title, columns, rows, notes, env)
     print(text)
     os.makedirs(RESULTS, exist_ok=True)

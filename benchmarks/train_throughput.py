@@ -310,7 +310,7 @@ def table_rows(cells, names):
     return rows
 
 
-def write(cells, args, name, merged_settings=None):
+def write(cells, args, name, merged_settings=None, env=None):
     from benchmarks.results import write_table
 
     parameters = {}
@@ -353,11 +353,11 @@ def write(cells, args, name, merged_settings=None):
         "Unsteady: the model's rounds were more than 2x apart (machine load, recompilation); "
         "its figure and ratio say little.",
     ]
-    older = sorted({(c["measured"], f"{c['backend']}/{c['preset']}/jit {'on' if c['jit_compile'] else 'off'}")
-                    for c in cells if c.get("measured")})
+    older = sorted({(c["measured"], f"{c['backend']}/{c['preset']}/jit {'on' if c['jit_compile'] else 'off'}",
+                     c.get("machine", "machine not recorded")) for c in cells if c.get("measured")})
     if older:
         notes.append("Rows measured in an earlier run (`--merge`), with its settings (`settings_of_merged_run` in the "
-                     ".json): " + "; ".join(f"{row} on {date}" for date, row in older)
+                     ".json): " + "; ".join(f"{row} on {date} ({machine})" for date, row, machine in older)
                      + ". Compare ratios within a row, not figures across runs.")
     names = model_names(args)
     columns = ["backend", "preset", "jit_compile", "batch x length (target tokens)",
@@ -371,7 +371,7 @@ def write(cells, args, name, merged_settings=None):
     if merged_settings:
         extra["settings_of_merged_run"] = merged_settings
     write_table(name, "Training-step throughput: ours vs keras.io example vs keras-hub layers",
-                columns, table_rows(cells, names), notes, extra=extra)
+                columns, table_rows(cells, names), notes, extra=extra, env=env)
 
 
 def merged(cells, path):
@@ -379,8 +379,10 @@ def merged(cells, path):
     replace (a skipped cell replaces nothing)."""
     with open(path, encoding="utf-8") as handle:
         record = json.load(handle)
-    # Each kept cell keeps the date it was measured: the table's own date is this run's.
-    earlier = [{"measured": record["date"], **cell} for cell in record["cells"]]
+    # Each kept cell keeps the date and machine it was measured on: the table's own are this run's.
+    # (a cell that was itself merged into that run already has them).
+    earlier = [cell if "measured" in cell else {"measured": record["date"], "machine": record["machine"], **cell}
+               for cell in record["cells"]]
     key = lambda cell: (cell["backend"], cell["preset"], cell["jit_compile"])  # noqa: E731
     new = {key(cell): cell for cell in cells if not cell.get("skipped")}
     kept = [new.pop(key(cell), cell) for cell in earlier]
@@ -423,7 +425,8 @@ def render(path):
         record = json.load(handle)
     args = argparse.Namespace(**{**vars(parse_args([])), **record["settings"], "render": None})
     name = os.path.splitext(os.path.basename(path))[0]
-    write(record["cells"], args, name, merged_settings=record.get("settings_of_merged_run"))
+    env = {key: record[key] for key in ("date", "machine", "python", "versions")}
+    write(record["cells"], args, name, merged_settings=record.get("settings_of_merged_run"), env=env)
 
 
 def main(argv=None):

@@ -265,3 +265,51 @@ def test_attention_values_on_the_page_are_the_servers(server, browser):
     assert clearly_larger.any(), weights  # something to compare
     assert np.all((b[:, None] - b[None, :])[clearly_larger] >= 0), (weights, brightness)
     assert np.corrcoef(w, b)[0, 1] > 0.9, (weights, brightness)
+
+
+# Holds the page's request for kerasformer-serve's list of models until the test lets it go:
+# `fetch` of /kerasformer/stats waits on a promise the test resolves (window.__releaseStats()),
+# and window.__statsAsked says the page has asked. Installed before the page's own script runs.
+HOLD_THE_MODEL_LIST = """
+    window.__statsAsked = false;
+    const gate = new Promise((resolve) => { window.__releaseStats = resolve; });
+    const realFetch = window.fetch.bind(window);
+    window.fetch = async (url, options) => {
+        if (String(url).includes('/kerasformer/stats')) { window.__statsAsked = true; await gate; }
+        return realFetch(url, options);
+    };"""
+
+
+@pytest.mark.parametrize("opened_with,typed_before,typed_after,expected", [
+    ("", None, None, "fake"),        # nothing named: the first served name (sorted) fills the field
+    ("zh_en", "", "nope", "nope"),   # named in the address, cleared before the list came, typed after
+    ("", "zh_en", None, "zh_en"),    # nothing named, typed while the list was on its way
+])
+def test_the_list_of_served_models_fills_only_a_field_nobody_has_touched(server, opened_with, typed_before,
+                                                                       typed_after, expected):
+    """The list of served models answers after the user may have started typing: it suggests
+    names and fills a model field that was empty when the page asked, but never one the user
+    cleared or typed in meanwhile (the race behind CI of 82f283a: a field cleared just before the
+    list came was filled with "fake", and the name typed next was appended: "fakefake"). The
+    answer is held until the test lets it go, so the order of events is fixed."""
+    from selenium.webdriver.common.by import By
+
+    driver = chromium()
+    try:
+        driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": HOLD_THE_MODEL_LIST})
+        open_page(driver, server.url, **({"model": opened_with} if opened_with else {}))
+        wait(driver, lambda d: d.execute_script("return window.__statsAsked"), 30, "the page asking for the models")
+        field = driver.find_element(By.ID, "model")
+        if typed_before is not None:
+            field.clear()
+            field.send_keys(typed_before)
+        driver.execute_script("window.__releaseStats()")
+        names = wait(driver, lambda d: d.execute_script(
+            "return [...document.querySelectorAll('#model-names option')].map(o => o.value)") or None, 30,
+            "the list of served models")
+        assert names == ["fake", "zh_en"]
+        if typed_after is not None:
+            field.send_keys(typed_after)
+        assert field.get_attribute("value") == expected
+    finally:
+        driver.quit()

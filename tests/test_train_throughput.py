@@ -33,3 +33,28 @@ def test_model_only_trains_every_model_on_the_mean_of_its_logits():
 def test_a_model_only_run_writes_results_of_its_own():
     assert results_name("train_throughput", parse_args([])) == "train_throughput"
     assert results_name("train_throughput_jax", parse_args(["--model-only"])) == "train_throughput_jax_model_only"
+
+
+def test_a_merged_cell_keeps_the_date_and_machine_it_was_measured_on(tmp_path):
+    import json
+
+    from benchmarks.train_throughput import merged
+
+    def cell(backend, jit, **extra):
+        return {"backend": backend, "preset": "small", "jit_compile": jit, **extra}
+
+    earlier = {"date": "2026-12-04 21:04 UTC", "machine": "AMD EPYC, 2 CPUs, 24 GiB", "cells": [
+        cell("jax", True),  # measured in that run
+        cell("torch", True, measured="2026-11-24 01:54 UTC", machine="older box"),  # merged into that run
+        cell("torch", False, measured="2026-11-24 01:54 UTC"),  # merged before machines were kept
+        cell("tensorflow", True),  # measured again now
+    ]}
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps(earlier))
+    now = cell("tensorflow", True, ms=1.0)
+    skipped = cell("jax", True, skipped=True)  # a skipped cell replaces nothing
+    kept = {(c["backend"], c["jit_compile"]): c for c in merged([now, skipped], str(path))}
+    assert kept["jax", True] == cell("jax", True, measured=earlier["date"], machine=earlier["machine"])
+    assert kept["torch", True]["measured"] == "2026-11-24 01:54 UTC" and kept["torch", True]["machine"] == "older box"
+    assert "machine" not in kept["torch", False]  # not guessed
+    assert kept["tensorflow", True] is now and len(kept) == 4
