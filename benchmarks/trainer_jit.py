@@ -169,7 +169,7 @@ def main(argv=None):
     title = "The main job's trainer with and without a compiled step" if len(backends) == 1 else \
         f"The main job's trainer under {' and '.join(backends)}"
     write_table(args.out, title,
-                ["run", "jit_compile", "steps", "target tokens/s", f"ratio to '{first}'",
+                ["run", "jit_compile" if len(backends) == 1 else "backend:jit_compile", "steps", "target tokens/s", f"ratio to '{first}'",
                  "per epoch", "best val loss"],
                 rows, notes, extra={"runs": records, "minutes": args.minutes, "backend": args.backend})
 
