@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import os
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -66,7 +65,7 @@ def main(argv=None):
     import keras
 
     from benchmarks.results import machine
-    from benchmarks.train_throughput import compiled, fixed_batch
+    from benchmarks.train_throughput import compiled, fixed_batch, interleaved_rounds
     from kerasformer import PairedDropout, preset
 
     config = preset("small", source_vocab_size=args.vocab, target_vocab_size=args.vocab)
@@ -83,13 +82,8 @@ def main(argv=None):
         for _ in range(3):  # trace / compile, then two steps
             model.train_on_batch(inputs, labels)
         models[name] = model
-    best = dict.fromkeys(models, float("inf"))
-    for _ in range(args.rounds):
-        for name, model in models.items():
-            started = time.perf_counter()
-            for _ in range(args.steps):
-                model.train_on_batch(inputs, labels)
-            best[name] = min(best[name], (time.perf_counter() - started) / args.steps)
+    rounds = interleaved_rounds(models, inputs, labels, args.rounds, args.steps)
+    best = {name: min(seconds) for name, seconds in rounds.items()}
     print(f"{keras.backend.backend()}, jit_compile {args.jit}, small, {args.batch} x {args.length} "
           f"({target_tokens} target tokens), {machine()}")
     for name, seconds in best.items():

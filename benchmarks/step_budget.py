@@ -73,7 +73,7 @@ def main(argv=None):
     import keras
 
     from benchmarks.results import write_table
-    from benchmarks.train_throughput import build, fixed_batch
+    from benchmarks.train_throughput import build, fixed_batch, interleaved_rounds
     from kerasformer import preset
     from kerasformer.training.allocator import set_for_training
     from kerasformer.training.loss import MaskedLabelSmoothedCrossEntropy
@@ -99,13 +99,8 @@ def main(argv=None):
             for _ in range(2):
                 model.train_on_batch(inputs, labels)
             models[name, optimizer] = model
-    best = {key: float("inf") for key in models}
-    for _ in range(args.rounds):
-        for key, model in models.items():
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                model.train_on_batch(inputs, labels)
-            best[key] = min(best[key], (time.perf_counter() - start) / args.steps)
+    rounds = interleaved_rounds(models, inputs, labels, args.rounds, args.steps)
+    best = {key: min(seconds) for key, seconds in rounds.items()}
 
     rows = [[name, optimizer, f"{best[name, optimizer] * 1000:.0f}", f"{flops / best[name, optimizer] / 1e9:.0f}",
              f"{flops / best[name, optimizer] / 1e9 / best_rate:.0%}"] for name, optimizer in models]

@@ -173,6 +173,20 @@ def short_reason(error):
     return text[:160]
 
 
+def interleaved_rounds(models, inputs, labels, rounds, steps):
+    """Seconds per `train_on_batch` step, `{key: [one figure per round]}`: each of `rounds`
+    rounds times `steps` steps of every model in turn, so a drift in the machine's load hits
+    all of them alike (the scripts here report the fastest round, or the median beside it)."""
+    seconds = {key: [] for key in models}
+    for _ in range(rounds):
+        for key, model in models.items():
+            started = time.perf_counter()
+            for _ in range(steps):
+                model.train_on_batch(inputs, labels)
+            seconds[key].append((time.perf_counter() - started) / steps)
+    return seconds
+
+
 def measure(preset_name, jit_compile, args):
     """One (preset, jit_compile) cell for the current backend: a dict per model."""
     import keras
@@ -200,12 +214,8 @@ def measure(preset_name, jit_compile, args):
         except Exception as error:  # a configuration the backend cannot run: reported, not fatal
             result["error"] = short_reason(error)
             traceback.print_exc()
-    for _ in range(args.rounds):
-        for name, model in models.items():
-            started = time.perf_counter()
-            for _ in range(args.steps):
-                model.train_on_batch(inputs, labels)
-            results[name]["step_s"].append((time.perf_counter() - started) / args.steps)
+    for name, seconds in interleaved_rounds(models, inputs, labels, args.rounds, args.steps).items():
+        results[name]["step_s"] = seconds
     for result in results.values():
         if result["step_s"]:
             result["best_step_s"] = min(result["step_s"])
