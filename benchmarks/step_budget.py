@@ -7,9 +7,9 @@ SGD (the optimizer's share, which every model pays).
 
 Prints one table and writes `benchmarks/results/step_budget_<backend>_<preset>.{json,md}`. The
 models, batch and loss are `benchmarks/train_throughput.py`'s (`build`, `fixed_batch`, our
-`MaskedLabelSmoothedCrossEntropy(0.1)`), compiled with `jit_compile=True`; each figure is the
-fastest of `--rounds` interleaved rounds of `--steps` steps after 2 warm-up steps, so only
-figures of one run are compared.
+`MaskedLabelSmoothedCrossEntropy(0.1)`), compiled with `jit_compile=True`, under the trainer's
+memory allocator setting; each figure is the fastest of `--rounds` interleaved rounds of
+`--steps` steps after 2 warm-up steps. Compare only figures of one run.
 """
 
 import argparse
