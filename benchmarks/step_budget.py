@@ -6,7 +6,7 @@ SGD (the optimizer's share, which every model pays).
     KERAS_BACKEND=jax python benchmarks/step_budget.py [--preset base] [--batch 8] [--length 32]
 
 Prints one table and writes `benchmarks/results/step_budget_<backend>_<preset>.{json,md}`. The
-models, batch and loss are `benchmarks/train_throughput.py`'s (`build`, `fixed_batch`, our
+models, batch and loss are `benchmarks/train_throughput.py`'s (`compiled`, `fixed_batch`, our
 `MaskedLabelSmoothedCrossEntropy(0.1)`), compiled with `jit_compile=True`, under the trainer's
 memory allocator setting; each figure is the fastest of `--rounds` interleaved rounds of
 `--steps` steps after 2 warm-up steps. Compare only figures of one run.
@@ -73,11 +73,9 @@ def main(argv=None):
     import keras
 
     from benchmarks.results import write_table
-    from benchmarks.train_throughput import build, fixed_batch, interleaved_rounds
+    from benchmarks.train_throughput import compiled, fixed_batch, interleaved_rounds
     from kerasformer import preset
     from kerasformer.training.allocator import set_for_training
-    from kerasformer.training.loss import MaskedLabelSmoothedCrossEntropy
-    from kerasformer.training.schedule import paper_optimizer
 
     set_for_training(keras.backend.backend())  # as kerasformer-train does, before any model
     config = preset(args.preset, source_vocab_size=args.vocab, target_vocab_size=args.vocab)
@@ -92,18 +90,16 @@ def main(argv=None):
     models = {}
     for name in ("ours", "keras.io example"):
         for optimizer in ("Adam", "SGD"):
-            keras.utils.set_random_seed(0)
-            model = build(name, config)
-            model.compile(optimizer=paper_optimizer(d) if optimizer == "Adam" else keras.optimizers.SGD(1e-4),
-                          loss=MaskedLabelSmoothedCrossEntropy(0.1), jit_compile=True)
+            model = compiled(name, config, jit_compile=True,
+                             optimizer=keras.optimizers.SGD(1e-4) if optimizer == "SGD" else None)
             for _ in range(2):
                 model.train_on_batch(inputs, labels)
             models[name, optimizer] = model
     rounds = interleaved_rounds(models, inputs, labels, args.rounds, args.steps)
     best = {key: min(seconds) for key, seconds in rounds.items()}
+    gflops = {key: flops / seconds / 1e9 for key, seconds in best.items()}
 
-    rows = [[name, optimizer, f"{best[name, optimizer] * 1000:.0f}", f"{flops / best[name, optimizer] / 1e9:.0f}",
-             f"{flops / best[name, optimizer] / 1e9 / best_rate:.0%}"] for name, optimizer in models]
+    rows = [[*key, f"{best[key] * 1000:.0f}", f"{gflops[key]:.0f}", f"{gflops[key] / best_rate:.0%}"] for key in models]
     adam = {name: best[name, "Adam"] - best[name, "SGD"] for name in ("ours", "keras.io example")}
     ratio_sgd = best["keras.io example", "SGD"] / best["ours", "SGD"]
     ratio_adam = best["keras.io example", "Adam"] / best["ours", "Adam"]

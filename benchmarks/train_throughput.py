@@ -152,7 +152,9 @@ def mean_of_logits(labels, logits):
     return ops.mean(logits, axis=-1)
 
 
-def compiled(name, config, jit_compile, model_only=False):
+def compiled(name, config, jit_compile, model_only=False, optimizer=None):
+    """Model `name` built from `config` with seed 0 and compiled as every model here is: our loss
+    (or `mean_of_logits` with `model_only`) and `optimizer`, the paper's Adam when not given."""
     import keras
 
     from kerasformer.training.loss import MaskedLabelSmoothedCrossEntropy
@@ -161,7 +163,7 @@ def compiled(name, config, jit_compile, model_only=False):
     keras.utils.set_random_seed(0)
     model = build(name, config)
     model.compile(
-        optimizer=paper_optimizer(config.d_model),
+        optimizer=optimizer or paper_optimizer(config.d_model),
         loss=mean_of_logits if model_only else MaskedLabelSmoothedCrossEntropy(0.1),
         jit_compile=jit_compile,
     )
