@@ -47,8 +47,10 @@ def matmul_rate(shapes, rounds=5, seconds=0.3):
         rng = np.random.default_rng(0)
         a = ops.convert_to_tensor(rng.standard_normal((m, k)).astype("float32"))
         b = ops.convert_to_tensor(rng.standard_normal((k, n)).astype("float32"))
-        ops.convert_to_numpy(ops.matmul(a, b))
-        reps = max(3, int(seconds * 3e11 / (2 * m * k * n)))
+        ops.convert_to_numpy(ops.matmul(a, b))  # warm-up
+        start = time.perf_counter()
+        ops.convert_to_numpy(ops.matmul(a, b)[:1, :1])
+        reps = max(3, int(seconds / (time.perf_counter() - start)))  # about `seconds` a round, whatever the size
         best = float("inf")
         for _ in range(rounds):
             start = time.perf_counter()
