@@ -26,8 +26,17 @@ def batches(tokenizers, **kwargs):
     return list(make_dataset(SOURCES, TARGETS, *tokenizers, **options).as_numpy_iterator())
 
 
+def real_rows(tokenizers, **kwargs):
+    """`batches` without the rows of padding only that fill up evaluation batches."""
+    def real(inputs, labels):
+        keep = labels.any(axis=1)
+        return {name: tokens[keep] for name, tokens in inputs.items()}, labels[keep]
+
+    return [real(*batch) for batch in batches(tokenizers, **kwargs)]
+
+
 def test_decoder_inputs_are_labels_shifted_right_behind_start(tokenizers):
-    for inputs, labels in batches(tokenizers):
+    for inputs, labels in real_rows(tokenizers):
         decoder = inputs["decoder_tokens"]
         assert np.all(decoder[:, 0] == START_ID)
         for row in range(len(labels)):
@@ -40,7 +49,7 @@ def test_decoder_inputs_are_labels_shifted_right_behind_start(tokenizers):
 def test_every_pair_appears_once_with_its_own_tokens(tokenizers):
     source_tokenizer, _ = tokenizers
     seen = sorted(
-        tuple(int(t) for t in row if t) for inputs, _ in batches(tokenizers) for row in inputs["encoder_tokens"]
+        tuple(int(t) for t in row if t) for inputs, _ in real_rows(tokenizers) for row in inputs["encoder_tokens"]
     )
     expected = sorted(tuple(int(t) for t in source_tokenizer(s)[:40]) for s in SOURCES)
     assert seen == expected
@@ -54,7 +63,7 @@ def test_truncation_to_the_maximum_lengths(tokenizers):
 
 def test_batches_group_similar_lengths_padded_to_bucket_boundaries(tokenizers):
     widths = set()
-    for inputs, labels in batches(tokenizers):
+    for inputs, labels in real_rows(tokenizers):
         width = labels.shape[1]
         widths.add(width)
         assert width + 1 in bucket_boundaries(40)
@@ -80,12 +89,35 @@ def test_batches_split_evenly_over_replicas(tokenizers):
     # Training: batch sizes rounded down to a multiple of 4, no padding rows.
     training = batches(tokenizers, shuffle=True, seed=3, batch_multiple=4)
     assert all(len(labels) % 4 == 0 and np.all(labels.any(axis=1)) for _, labels in training)
-    # Evaluation: every pair kept; a partial batch is filled up with rows of padding only.
+    # Evaluation: every pair kept, in batches of the bucket's size (a multiple of 4).
     evaluation = batches(tokenizers, batch_multiple=4)
     assert all(len(labels) % 4 == 0 for _, labels in evaluation)
     assert real_label_rows(evaluation) == real_label_rows(batches(tokenizers))
-    padding_rows = [inputs["encoder_tokens"][~labels.any(axis=1)] for inputs, labels in evaluation]
-    assert sum(map(len, padding_rows)) > 0 and not any(rows.any() for rows in padding_rows)
+
+
+def unpadded_bucket_batches(tokenizers, batch_multiple):
+    """The evaluation batches as `bucketing` gives them, before make_dataset fills them up."""
+    pairs = tokenize_pairs(SOURCES, TARGETS, *tokenizers, 40, 40)
+    return list(bucketing(40, 256, batch_multiple, drop_remainder=False)(pairs).as_numpy_iterator())
+
+
+@pytest.mark.parametrize("batch_multiple", [1, 4])
+def test_evaluation_batches_of_a_bucket_have_one_shape(tokenizers, batch_multiple):
+    # A compiled evaluation step is traced once per bucket: the last, partial batch of a bucket
+    # is filled up to the bucket's batch size with rows of padding only, after the real rows.
+    evaluation = batches(tokenizers, batch_multiple=batch_multiple)
+    sizes = dict(zip(bucket_boundaries(40), bucket_batch_sizes(40, 256, batch_multiple)))
+    unpadded = unpadded_bucket_batches(tokenizers, batch_multiple)
+    assert len(evaluation) == len(unpadded)
+    assert any(len(labels) < sizes[labels.shape[1] + 1] for _, _, labels in unpadded)  # partial batches exist
+    for (inputs, labels), (source, decoder, real_labels) in zip(evaluation, unpadded):
+        assert labels.shape == (sizes[labels.shape[1] + 1], real_labels.shape[1])
+        real = len(real_labels)
+        np.testing.assert_array_equal(labels[:real], real_labels)
+        np.testing.assert_array_equal(inputs["encoder_tokens"][:real], source)
+        np.testing.assert_array_equal(inputs["decoder_tokens"][:real], decoder)
+        for padded in (labels, inputs["encoder_tokens"], inputs["decoder_tokens"]):
+            assert not padded[real:].any()
 
 
 @pytest.mark.parametrize("batch_tokens,batch_multiple", [(256, 1), (100, 1), (256, 4)])

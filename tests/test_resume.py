@@ -3,6 +3,8 @@ checkpoint writes, a loss that becomes NaN, a full disk. The run resumes where i
 stopped and ends with the weights of a run never interrupted."""
 
 import gzip
+import json
+import math
 import os
 import random
 import signal
@@ -13,8 +15,8 @@ import keras
 import numpy as np
 import pytest
 
-from kerasformer.training.resume import NonFiniteLossError, load_progress
-from kerasformer.training.train import train
+from kerasformer.training.resume import MONITOR, NonFiniteLossError, TrainingState, load_progress
+from kerasformer.training.train import checkpoints_and_logs, train
 from kerasformer.training.config import TrainConfig
 
 REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -295,3 +297,37 @@ def test_a_run_stopped_by_its_time_budget_goes_on_from_the_same_step(tmp_path):
     progress = load_progress(tmp_path / "backup")
     assert resumed["total_steps"] == progress.step and progress.step % 2 == 0
     assert progress.epoch == 2 and progress.finished == 2 and len(progress.history["loss"]) == 2
+
+
+@pytest.mark.backend_independent
+def test_best_keras_and_early_stopping_go_by_validation_perplexity_and_an_older_run_by_val_loss(tmp_path):
+    class Run:  # what checkpoints_and_logs reads of a RunFolder
+        logs = str(tmp_path / "logs")
+        model_file = staticmethod(lambda name: str(tmp_path / f"{name}.keras"))
+
+    def monitors(progress):
+        return {type(c).__name__: c.monitor for c in checkpoints_and_logs(Run, TrainConfig(), progress)
+                if getattr(c, "monitor", None)}
+
+    folder = tmp_path / "backup"
+    state = TrainingState(str(folder), load_progress(folder), steps_per_epoch=2, every_steps=0)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    state.set_model(model)  # the epoch ends save its weights
+    assert state.progress.monitor == MONITOR == "val_perplexity"
+    assert monitors(state.progress) == {"AtomicCheckpoint": MONITOR, "EarlyStopping": MONITOR}
+    state.progress.epoch_step = 2
+    state.on_epoch_end(0, {"loss": 4.0, "val_loss": 3.5, "val_perplexity": 30.0, "val_masked_accuracy": 0.2})
+    state.progress.epoch_step = 2
+    state.on_epoch_end(1, {"loss": 3.9, "val_loss": 3.4, "val_perplexity": 31.0})  # lower loss, higher perplexity
+    progress = load_progress(folder)
+    assert progress.lowest == {"val_loss": 3.4, "val_perplexity": 30.0} and progress.best == 30.0
+    # A state.json written before the monitor was chosen: its "best" is the lowest val_loss, by which
+    # the run goes on, so its best.keras is not replaced by a model that is worse by that figure.
+    (folder / "state.json").write_text(json.dumps({"step": 4, "epoch": 2, "best": 3.4, "weights": ""}))
+    older = load_progress(folder)
+    assert (older.monitor, older.lowest, older.best) == ("val_loss", {"val_loss": 3.4}, 3.4)
+    assert monitors(older) == {"AtomicCheckpoint": "val_loss", "EarlyStopping": "val_loss"}
+    (folder / "state.json").write_text(json.dumps({"step": 0, "epoch": 0, "best": math.inf}))
+    assert load_progress(folder).lowest == {} and load_progress(folder).best == math.inf

@@ -48,7 +48,9 @@ def test_run_folder_is_complete(tmp_path):
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["train"]["preset"] == "tiny" and saved["model"]["d_model"] == 32
     assert set(metrics["history"]) >= {"loss", "val_loss", "masked_accuracy", "perplexity"}
-    assert metrics["best_val_loss"] == round(min(metrics["history"]["val_loss"]), 4) == round(state["best"], 4)
+    for name in ("val_loss", "val_perplexity"):
+        assert metrics[f"best_{name}"] == round(min(metrics["history"][name]), 4) == round(state["lowest"][name], 4)
+    assert metrics["best_model_by"] == state["monitor"] == "val_perplexity"
     translator = Translator.from_run(str(tmp_path))
     translations = translator.translate(["In the beginning.", "Jesus wept."])
     assert len(translations) == 2 and all(isinstance(t, str) for t in translations)
@@ -99,9 +101,10 @@ def test_a_time_budget_decays_the_rate_to_zero_when_it_ends_and_keeps_its_clock_
     assert all(0 <= f <= 1 for f in spent) and all(a <= b + 1e-9 for a, b in zip(spent, spent[1:])), spent
     assert spent[-1] > 0.7, spent[-5:]
     assert os.listdir(tmp_path / "logs" / "learning_rate")
-    # The epoch the budget cut short was validated too: best_val_loss counts it, history does not.
-    assert metrics["best_val_loss"] == round(state["best"], 4)
-    assert metrics["best_val_loss"] <= min(metrics["history"].get("val_loss", [math.inf]))
+    # The epoch the budget cut short was validated too: the lowest figures count it, history does not.
+    for name in ("val_loss", "val_perplexity"):
+        assert metrics[f"best_{name}"] == round(state["lowest"][name], 4)
+        assert metrics[f"best_{name}"] <= min(metrics["history"].get(name, [math.inf]))
     again = train(config)
     assert again["total_steps"] == metrics["total_steps"]  # nothing left to train
 

@@ -208,7 +208,7 @@ HELP = {
     "peak_learning_rate": "the learning rate at the end of the warmup (0: the paper's, "
                           "d_model^-0.5 * warmup_steps^-0.5)",
     "label_smoothing": "label smoothing epsilon_ls (the paper, section 5.4: 0.1)",
-    "patience": "stop after this many epochs without a lower validation loss",
+    "patience": "stop after this many epochs without a lower validation perplexity (the figure best.keras goes by)",
     "backup_every_steps": "save the resumable state every N steps too (0: at epoch ends only)",
     "clip_norm": "scale the gradients down to this global norm (0: no clipping)",
     "precision": f"one of {', '.join(PRECISIONS)}",

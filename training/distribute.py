@@ -19,10 +19,11 @@ device with the same `batch_tokens` (the loss is the token mean over the whole
 global batch, see `kerasformer.training.loss.replica_token_share`). Two differences remain,
 neither of which changes what is learnt: under TensorFlow, Keras draws a batch
 from a fresh iterator to build the model inside a strategy, so the seeded
-reshuffle runs one epoch ahead of a single-device run; and the padding rows
-that fill a partial validation batch up to a multiple of R count in
-`val_loss`, which Keras averages over batches weighted by their rows (the
-token-level metrics, `val_perplexity` and `val_masked_accuracy`, are exact).
+reshuffle runs one epoch ahead of a single-device run; and the bucket batch
+sizes are rounded down to a multiple of R, so the padding rows that fill up a
+bucket's last validation batch differ, and they count in `val_loss`, which
+Keras averages over batches weighted by their rows (the token-level metrics,
+`val_perplexity`, which picks best.keras, and `val_masked_accuracy`, are exact).
 """
 
 import contextlib

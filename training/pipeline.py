@@ -67,9 +67,15 @@ def make_dataset(
         seed: shuffle seed, so a run's data order is reproducible.
         batch_multiple: every batch's size is a multiple of this (the number
             of data-parallel replicas, which each take an equal slice of a
-            batch): training batch sizes are rounded down to it; a partial
-            evaluation batch is filled up with rows of padding only, which add
-            nothing to the token-mean loss and metrics.
+            batch): the bucket batch sizes are rounded down to it.
+
+    Evaluation (`shuffle` False) keeps every pair: the last, partial batch of
+    a bucket is filled up to the bucket's batch size with rows of padding
+    only, so that every evaluation batch of a bucket has one shape too and a
+    compiled evaluation step is traced once per bucket, not twice. Padding
+    rows add nothing to the token-level metrics (the best model is chosen by
+    `val_perplexity`, see `training.resume.MONITOR`); Keras's `val_loss`, a
+    mean of batch losses weighted by their rows, counts them.
         epochs: training only: `(first, stop)` makes the dataset epochs
             first, ..., stop - 1 one after the other (feed it to `model.fit`
             with `steps_per_epoch`), epoch e shuffled with the seed
@@ -84,12 +90,11 @@ def make_dataset(
     pairs = tokenize_pairs(
         sources, targets, source_tokenizer, target_tokenizer, max_source_length, max_target_length
     ).cache()
-    batched = bucketing(max(max_source_length, max_target_length), batch_tokens, batch_multiple,
-                        drop_remainder=shuffle)
+    max_length = max(max_source_length, max_target_length)
+    boundaries, sizes = bucket_boundaries(max_length), bucket_batch_sizes(max_length, batch_tokens, batch_multiple)
+    batched = bucketing(max_length, batch_tokens, batch_multiple, drop_remainder=shuffle)
     if epochs is not None:
         everything = pairs.ragged_batch(len(sources)).get_single_element()  # random access to the pairs
-        max_length = max(max_source_length, max_target_length)
-        boundaries, sizes = bucket_boundaries(max_length), bucket_batch_sizes(max_length, batch_tokens, batch_multiple)
         # The batches of batched(shuffled_epoch(everything, seed, epoch)), computed a whole epoch at once.
         dataset = tf.data.Dataset.range(*epochs).flat_map(
             lambda epoch: epoch_batches(everything, seed, epoch, boundaries, sizes))
@@ -99,8 +104,10 @@ def make_dataset(
         dataset = batched(pairs)
 
     def to_model_inputs(source, decoder, labels):
-        if batch_multiple > 1:
-            missing_rows = -tf.shape(source)[0] % batch_multiple
+        if not shuffle:  # evaluation: a bucket's partial batch filled up with padding rows
+            # Both sides are padded to the bucket's boundary - 1 (pad_to_bucket_boundary).
+            bucket = tf.searchsorted(tf.constant(boundaries), tf.shape(source)[1:2], side="right")[0]
+            missing_rows = tf.gather(sizes, bucket) - tf.shape(source)[0]
             source, decoder, labels = (tf.pad(x, [[0, missing_rows], [0, 0]]) for x in (source, decoder, labels))
         # A bucket boundary can exceed one side's maximum; what lies beyond it is padding.
         return (

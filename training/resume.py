@@ -9,8 +9,8 @@ steps and at each epoch end, everything the next steps depend on:
                                optimizer state (Adam's moments, the iteration
                                count the schedule reads) and the dropout seed
                                states (which Keras's own weight files leave out)
-    backup/state.json          epoch, step, per-epoch history, best validation
-                               loss and the name of the .npz file
+    backup/state.json          epoch, step, per-epoch history, the lowest validation
+                               loss and perplexity and the name of the .npz file
 
 Both are written to a temporary file, fsynced and renamed, the .npz first, so
 a kill at any moment leaves a complete pair; a full disk leaves the previous
@@ -40,6 +40,16 @@ from kerasformer.training.files import atomic_save, atomic_write
 STATE_FILE = "state.json"
 
 
+# The validation figure that picks best.keras and stops training early: the perplexity, a
+# mean over every validation token (`kerasformer.training.loss.TokenMean`). Keras's `val_loss`
+# is a mean of batch losses weighted by their rows, not their tokens: it weighs a short
+# sentence's tokens more than a long one's, and counts the padding rows that fill up a
+# bucket's last evaluation batch (`pipeline.make_dataset`).
+MONITOR = "val_perplexity"
+# The validation figures whose lowest value a run keeps (`Progress.lowest`).
+LOWEST_KEPT = ("val_loss", "val_perplexity")
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss (or a weight) became NaN or inf; the message names the step."""
 
@@ -53,11 +63,17 @@ class Progress:
     epoch: int = 0
     epoch_step: int = 0
     history: dict = dataclasses.field(default_factory=dict)  # metric -> per-epoch values
-    best: float = math.inf  # lowest val_loss so far (for best.keras)
+    monitor: str = MONITOR  # the validation figure best.keras goes by
+    lowest: dict = dataclasses.field(default_factory=dict)  # LOWEST_KEPT figure -> lowest value so far
     finished: int = 0  # the `epochs` setting under which the run finished (0: not finished)
     weights: str = ""  # the .npz file in the backup folder
     seconds: float = 0.0  # training time spent, all commands together (for the time budget)
     learning_rates: list = dataclasses.field(default_factory=list)  # [step, rate] where the budget schedule set it
+
+    @property
+    def best(self):
+        """The lowest `monitor` so far (best.keras's), inf before the first validation."""
+        return self.lowest.get(self.monitor, math.inf)
 
 
 def state_variables(model):
@@ -75,7 +91,11 @@ def load_progress(folder):
     if not os.path.exists(path):
         return Progress()
     with open(path, encoding="utf-8") as file:
-        return Progress(**json.load(file))
+        saved = json.load(file)
+    if "best" in saved:  # written before 2026-12-06: best.keras went by val_loss, and goes on so
+        best = saved.pop("best")
+        saved.update(monitor="val_loss", lowest={"val_loss": best} if math.isfinite(best) else {})
+    return Progress(**saved)
 
 
 def restore(model, folder, progress):
@@ -150,8 +170,9 @@ class TrainingState(keras.callbacks.Callback):
             if name in logs and not math.isfinite(float(logs[name])):
                 self._stop(f"{name} became {float(logs[name])}")
         progress = self.progress
-        if "val_loss" in logs:
-            progress.best = min(progress.best, float(logs["val_loss"]))
+        for name in LOWEST_KEPT:
+            if name in logs:
+                progress.lowest[name] = min(progress.lowest.get(name, math.inf), float(logs[name]))
         if progress.epoch_step < self.steps_per_epoch:
             # Cut short (a time budget): the next run goes on from this step of the epoch.
             self.save()

@@ -5,7 +5,7 @@ through `RunFolder`.
     config.json            {"train": TrainConfig, "model": TransformerConfig, "backend": ...,
                             "decoding": {"length_rule": [a, b]}}  (text_rules.length_limit)
     tokenizers/            source.model, target.model (+ .vocab listings)
-    best.keras, last.keras best (lowest validation loss) and last model
+    best.keras, last.keras best (lowest validation perplexity) and last model
     backup/                the resumable state (training/resume.py)
     logs/                  TensorBoard logs
     metrics.json           per-epoch history, tokens/s, wall time

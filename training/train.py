@@ -43,7 +43,7 @@ from kerasformer.training.distribute import check_distribution, data_parallel
 from kerasformer.training.files import WriteError
 from kerasformer.training.loss import MaskedAccuracy, MaskedLabelSmoothedCrossEntropy, Perplexity
 from kerasformer.training.pipeline import epoch_size, make_dataset
-from kerasformer.training.resume import NonFiniteLossError, TrainingState, load_progress, restore
+from kerasformer.training.resume import LOWEST_KEPT, NonFiniteLossError, TrainingState, load_progress, restore
 from kerasformer.training.schedule import BudgetLearningRate, TransformerSchedule, paper_optimizer, paper_peak
 from kerasformer.training.progress import Progress
 from kerasformer.training.plots import plot_curves
@@ -245,9 +245,11 @@ def summary(progress, start_epoch, stopped_by_budget, throughput, tokens_per_ste
     tokens_trained = tokens_per_step * throughput.steps
     return {
         "history": progress.history,
-        # The lowest validation loss of the run (best.keras's): history keeps whole epochs only, and
-        # an epoch a time budget cuts short is validated too, so it may be lower than history's.
-        "best_val_loss": round(progress.best, 4) if math.isfinite(progress.best) else None,
+        # The lowest validation loss and perplexity of the run: history keeps whole epochs only, and
+        # an epoch a time budget cuts short is validated too, so they may be lower than history's.
+        **{f"best_{name}": round(progress.lowest[name], 4) if name in progress.lowest else None
+           for name in LOWEST_KEPT},
+        "best_model_by": progress.monitor,  # best.keras: the epoch of the lowest of this figure
         "epochs_run": progress.epoch - start_epoch,  # by this command; history holds all
         "epochs_total": progress.epoch,
         "stopped_by_time_budget": stopped_by_budget,
@@ -263,13 +265,13 @@ def summary(progress, start_epoch, stopped_by_budget, throughput, tokens_per_ste
 
 
 def checkpoints_and_logs(run, config, progress):
-    """best.keras (lowest val_loss, continuing from the resumed run's best), last.keras,
-    TensorBoard logs, and early stopping."""
+    """best.keras (lowest `progress.monitor`, `resume.MONITOR` in a new run, continuing from
+    the resumed run's best), last.keras, TensorBoard logs, and early stopping on the same figure."""
     return [
-        AtomicCheckpoint(run.model_file("best"), monitor="val_loss", best=progress.best),
+        AtomicCheckpoint(run.model_file("best"), monitor=progress.monitor, best=progress.best),
         AtomicCheckpoint(run.model_file("last")),
         keras.callbacks.TensorBoard(run.logs),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience),
+        keras.callbacks.EarlyStopping(monitor=progress.monitor, mode="min", patience=config.patience),
     ]
 
 
