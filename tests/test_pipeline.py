@@ -89,10 +89,13 @@ def test_batches_split_evenly_over_replicas(tokenizers):
     # Training: batch sizes rounded down to a multiple of 4, no padding rows.
     training = batches(tokenizers, shuffle=True, seed=3, batch_multiple=4)
     assert all(len(labels) % 4 == 0 and np.all(labels.any(axis=1)) for _, labels in training)
-    # Evaluation: every pair kept, in batches of the bucket's size (a multiple of 4).
-    evaluation = batches(tokenizers, batch_multiple=4)
-    assert all(len(labels) % 4 == 0 for _, labels in evaluation)
-    assert real_label_rows(evaluation) == real_label_rows(batches(tokenizers))
+    # Evaluation: every pair kept; a partial batch is filled up with rows of padding only.
+    for fill in (False, True):
+        evaluation = batches(tokenizers, batch_multiple=4, fill_evaluation_batches=fill)
+        assert all(len(labels) % 4 == 0 for _, labels in evaluation)
+        assert real_label_rows(evaluation) == real_label_rows(batches(tokenizers))
+        padding_rows = [inputs["encoder_tokens"][~labels.any(axis=1)] for inputs, labels in evaluation]
+        assert sum(map(len, padding_rows)) > 0 and not any(rows.any() for rows in padding_rows)
 
 
 def unpadded_bucket_batches(tokenizers, batch_multiple):
@@ -105,7 +108,7 @@ def unpadded_bucket_batches(tokenizers, batch_multiple):
 def test_evaluation_batches_of_a_bucket_have_one_shape(tokenizers, batch_multiple):
     # A compiled evaluation step is traced once per bucket: the last, partial batch of a bucket
     # is filled up to the bucket's batch size with rows of padding only, after the real rows.
-    evaluation = batches(tokenizers, batch_multiple=batch_multiple)
+    evaluation = batches(tokenizers, batch_multiple=batch_multiple, fill_evaluation_batches=True)
     sizes = dict(zip(bucket_boundaries(40), bucket_batch_sizes(40, 256, batch_multiple)))
     unpadded = unpadded_bucket_batches(tokenizers, batch_multiple)
     assert len(evaluation) == len(unpadded)
@@ -137,3 +140,22 @@ def test_epoch_batches_are_the_bucketed_shuffled_epoch(tokenizers, batch_tokens,
             for a, b in zip(expected, got):
                 assert a.dtype == b.dtype
                 np.testing.assert_array_equal(a, b)
+
+
+def test_filled_evaluation_batches_give_the_same_token_metrics(tokenizers):
+    # The trainer fills evaluation batches when its step is compiled: the token means that pick
+    # best.keras (perplexity) and the accuracy do not see the padding rows.
+    from kerasformer import build_seq2seq, preset
+    from kerasformer.training.loss import MaskedAccuracy, MaskedLabelSmoothedCrossEntropy, Perplexity
+
+    model = build_seq2seq(preset("tiny", source_vocab_size=60, target_vocab_size=60, max_source_length=40,
+                                 max_target_length=40))
+    model.compile(loss=MaskedLabelSmoothedCrossEntropy(0.1), metrics=[MaskedAccuracy(), Perplexity()])
+    figures = {}
+    for fill in (False, True):
+        dataset = make_dataset(SOURCES, TARGETS, *tokenizers, 40, 40, batch_tokens=256, shuffle=False,
+                               fill_evaluation_batches=fill)
+        figures[fill] = model.evaluate(dataset, verbose=0, return_dict=True)
+    for name in ("perplexity", "masked_accuracy"):
+        np.testing.assert_allclose(figures[True][name], figures[False][name], rtol=1e-6)
+    assert figures[True]["loss"] != figures[False]["loss"]  # Keras's row-weighted mean counts the padding rows

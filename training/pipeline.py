@@ -50,6 +50,7 @@ def make_dataset(
     shuffle=True,
     seed=0,
     batch_multiple=1,
+    fill_evaluation_batches=False,
     epochs=None,
 ):
     """Builds the training or evaluation dataset.
@@ -67,15 +68,17 @@ def make_dataset(
         seed: shuffle seed, so a run's data order is reproducible.
         batch_multiple: every batch's size is a multiple of this (the number
             of data-parallel replicas, which each take an equal slice of a
-            batch): the bucket batch sizes are rounded down to it.
-
-    Evaluation (`shuffle` False) keeps every pair: the last, partial batch of
-    a bucket is filled up to the bucket's batch size with rows of padding
-    only, so that every evaluation batch of a bucket has one shape too and a
-    compiled evaluation step is traced once per bucket, not twice. Padding
-    rows add nothing to the token-level metrics (the best model is chosen by
-    `val_perplexity`, see `training.resume.MONITOR`); Keras's `val_loss`, a
-    mean of batch losses weighted by their rows, counts them.
+            batch): training batch sizes are rounded down to it; a partial
+            evaluation batch is filled up with rows of padding only.
+        fill_evaluation_batches: evaluation only: fill the last, partial batch
+            of each bucket up to the bucket's batch size with rows of padding
+            only, so that every evaluation batch of a bucket has one shape and
+            a compiled evaluation step is traced once per bucket, not twice
+            (the trainer's setting when its step is compiled; without a
+            compiled step the extra rows are only cost). Padding rows add
+            nothing to the token-level metrics (best.keras goes by
+            `val_perplexity`, `training.resume.MONITOR`); Keras's `val_loss`,
+            a mean of batch losses weighted by their rows, counts them.
         epochs: training only: `(first, stop)` makes the dataset epochs
             first, ..., stop - 1 one after the other (feed it to `model.fit`
             with `steps_per_epoch`), epoch e shuffled with the seed
@@ -104,10 +107,14 @@ def make_dataset(
         dataset = batched(pairs)
 
     def to_model_inputs(source, decoder, labels):
-        if not shuffle:  # evaluation: a bucket's partial batch filled up with padding rows
-            # Both sides are padded to the bucket's boundary - 1 (pad_to_bucket_boundary).
-            bucket = tf.searchsorted(tf.constant(boundaries), tf.shape(source)[1:2], side="right")[0]
-            missing_rows = tf.gather(sizes, bucket) - tf.shape(source)[0]
+        if not shuffle:  # evaluation: a partial batch filled up with padding rows
+            rows = tf.shape(source)[0]
+            if fill_evaluation_batches:
+                # Both sides are padded to the bucket's boundary - 1 (pad_to_bucket_boundary).
+                bucket = tf.searchsorted(tf.constant(boundaries), tf.shape(source)[1:2], side="right")[0]
+                missing_rows = tf.gather(sizes, bucket) - rows
+            else:
+                missing_rows = -rows % batch_multiple
             source, decoder, labels = (tf.pad(x, [[0, missing_rows], [0, 0]]) for x in (source, decoder, labels))
         # A bucket boundary can exceed one side's maximum; what lies beyond it is padding.
         return (

@@ -148,7 +148,7 @@ def train(config: TrainConfig, callbacks=()):
         return make_dataset(pairs.sources, pairs.targets, source_tokenizer, target_tokenizer,
                             model_config.max_source_length, model_config.max_target_length,
                             batch_tokens=config.batch_tokens, shuffle=training, seed=config.seed,
-                            batch_multiple=replicas, epochs=epochs)
+                            batch_multiple=replicas, fill_evaluation_batches=config.compiled, epochs=epochs)
 
     validation_data = dataset(validation_pairs, False)
     validation_data = validation_data.apply(known_length(sum(1 for _ in validation_data)))
