@@ -24,7 +24,6 @@ a line every --progress-seconds in a log file.
 
 import json
 import logging
-import math
 import os
 import sys
 import time
