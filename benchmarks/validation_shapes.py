@@ -111,8 +111,9 @@ def main(argv=None):
                "The first pass compiles one program per batch shape under TensorFlow-XLA and JAX; torch runs "
                "eagerly. Perplexity and masked accuracy are token means and must not change; Keras's loss "
                "weighs each batch by its rows and may.",
-               "Passes of either batching now and then take a near-constant extra (first passes of about 21 s, "
-               "later passes of 1.3 or 2.6 s, under every backend): compare the fastest rounds."],
+               "Now and then a pass of either batching ran at about half speed under every backend (first "
+               "passes of about 21 s, later ones of 1.3 s instead of 0.65 s, or 2.6 s instead of 1.3 s under "
+               "torch): compare the fastest rounds."],
         extra={"raw": raw})
 
 
