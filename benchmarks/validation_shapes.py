@@ -41,21 +41,17 @@ def measure(run_dir, batching):
     set_for_training(keras.backend.backend())
 
     from kerasformer.training.config import parse_args
-    from kerasformer.training.pipeline import make_dataset
     from kerasformer.training.run_folder import RunFolder
-    from kerasformer.training.train import compile_model, known_length, prepare_tokenizers, read_pairs
+    from kerasformer.training.train import compile_model, prepare_tokenizers, read_pairs, validation_dataset
 
     config = parse_args(["--config", os.path.join(ROOT, "training", "configs", "small_en_es.toml"),
                          "--run-dir", run_dir])
     train_pairs, validation_pairs = read_pairs(config)
     source_tokenizer, target_tokenizer = prepare_tokenizers(RunFolder(run_dir), config, train_pairs)
     model_config = config.model_config(source_tokenizer.vocabulary_size(), target_tokenizer.vocabulary_size())
-    dataset = make_dataset(validation_pairs.sources, validation_pairs.targets, source_tokenizer, target_tokenizer,
-                           model_config.max_source_length, model_config.max_target_length,
-                           batch_tokens=config.batch_tokens, shuffle=False,
-                           fill_evaluation_batches=batching == "filled")
+    dataset = validation_dataset(validation_pairs, config, model_config, (source_tokenizer, target_tokenizer),
+                                 fill_evaluation_batches=batching == "filled")
     shapes = [labels.shape for _, labels in dataset.as_numpy_iterator()]
-    dataset = dataset.apply(known_length(len(shapes)))  # as the trainer's validation data
     keras.utils.set_random_seed(0)
     model = compile_model(config, model_config)
     seconds = []

@@ -143,16 +143,14 @@ def train(config: TrainConfig, callbacks=()):
 
     devices_scope, replicas = data_parallel(config.distribution)  # one device, or all of them
 
-    def dataset(pairs, training, epochs=None):
-        return make_dataset(pairs.sources, pairs.targets, source_tokenizer, target_tokenizer,
-                            model_config.max_source_length, model_config.max_target_length,
-                            batch_tokens=config.batch_tokens, shuffle=training, seed=config.seed,
-                            batch_multiple=replicas, fill_evaluation_batches=config.compiled, epochs=epochs)
+    tokenizers = (source_tokenizer, target_tokenizer)
+    validation_data = validation_dataset(validation_pairs, config, model_config, tokenizers, replicas)
 
-    validation_data = dataset(validation_pairs, False)
-    validation_data = validation_data.apply(known_length(sum(1 for _ in validation_data)))
+    def training_data(epochs):
+        return pair_dataset(train_pairs, config, model_config, tokenizers, replicas, training=True, epochs=epochs)
+
     with Progress("counting one epoch of training batches", unit="batches") as counting:
-        steps_per_epoch, tokens_per_epoch = epoch_size(dataset(train_pairs, True, epochs=(0, 1)), counting)
+        steps_per_epoch, tokens_per_epoch = epoch_size(training_data((0, 1)), counting)
     if progress.step != progress.epoch * steps_per_epoch + progress.epoch_step:
         raise RuntimeError(f"{run.backup}: the saved state (step {progress.step}, epoch {progress.epoch}) does not "
                            f"match {steps_per_epoch} steps per epoch; was the data or batch_tokens changed?")
@@ -177,8 +175,7 @@ def train(config: TrainConfig, callbacks=()):
     with devices_scope:
         model = compile_model(config, model_config)
         restore(model, run.backup, progress)
-        fit(model, config, progress, lambda epochs: dataset(train_pairs, True, epochs), steps_per_epoch,
-            validation_data, run_callbacks)
+        fit(model, config, progress, training_data, steps_per_epoch, validation_data, run_callbacks)
     stopped_by_budget = bool(budget and budget.stopped_early)
     if not stopped_by_budget:
         state.finish(config.epochs)
@@ -191,6 +188,27 @@ def train(config: TrainConfig, callbacks=()):
     if progress.history.get("loss"):
         plot_curves(progress.history, run.curves, rates)
     return metrics
+
+
+def pair_dataset(pairs, config, model_config, tokenizers, replicas=1, training=False, epochs=None,
+                 fill_evaluation_batches=None):
+    """The trainer's batches of `pairs` (`pipeline.make_dataset` with the run's settings):
+    shuffled when `training`; evaluation batches filled up to their bucket's size when the
+    step is compiled, unless `fill_evaluation_batches` says otherwise."""
+    if fill_evaluation_batches is None:
+        fill_evaluation_batches = config.compiled
+    source_tokenizer, target_tokenizer = tokenizers
+    return make_dataset(pairs.sources, pairs.targets, source_tokenizer, target_tokenizer,
+                        model_config.max_source_length, model_config.max_target_length,
+                        batch_tokens=config.batch_tokens, shuffle=training, seed=config.seed,
+                        batch_multiple=replicas, fill_evaluation_batches=fill_evaluation_batches, epochs=epochs)
+
+
+def validation_dataset(pairs, config, model_config, tokenizers, replicas=1, fill_evaluation_batches=None):
+    """The validation data `model.fit` gets: `pair_dataset` of `pairs`, its length counted."""
+    data = pair_dataset(pairs, config, model_config, tokenizers, replicas,
+                        fill_evaluation_batches=fill_evaluation_batches)
+    return data.apply(known_length(sum(1 for _ in data)))
 
 
 def learning_rate_schedule(config, model_config, progress, budget):
