@@ -7,7 +7,7 @@
 shape per length bucket (up to 12 under the main job's settings), and a compiled step
 (`jit_compile`: XLA under TensorFlow, `jax.jit` under JAX) compiles a program for each new
 shape inside the budget, while TensorFlow's uncompiled graph is traced twice and then reused
-for every shape (README "What made the step faster"). Whether compiling pays for itself in a
+for every shape (benchmarks/README.md, "What the main job gave"). Whether compiling pays for itself in a
 budget is therefore a question for the trainer, not for a fixed batch: this script runs
 `python -m kerasformer.training.train --config training/configs/small_en_es.toml
 --time-budget-minutes M --jit-compile|--no-jit-compile` for each setting in `--settings`, in

@@ -15,7 +15,7 @@ JAX's autodiff of Keras's layer normalization (`jnp.var` differentiated through 
 each reduction a separate YNNPACK call on XLA:CPU) took about twice as long as this for forward and
 backward together: 4.3-4.7 ms against 2.1 ms for eight chained LayerNorms of 32 x 32 x 128 on a
 2-core Intel Xeon (2026-12-05; TensorFlow-XLA's autodiff 1.9 ms there, this 2.0 ms), and the main
-job's training step 2-4% less time (README, "Page faults under JAX and torch"). Under TensorFlow the
+job's training step 2-4% less time (benchmarks/README.md, "Page faults under JAX and torch"). Under TensorFlow the
 autodiff is as fast, and under torch Keras's layer normalization is torch's own fused kernel
 (`F.layer_norm`), so only the backends in `WRITTEN_GRADIENT_BACKENDS` take the written gradient.
 """

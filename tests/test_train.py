@@ -132,7 +132,7 @@ def test_a_compiled_training_step_is_refused_under_torch_only():
 
 def test_auto_compiles_the_step_where_the_trainer_runs_faster_compiled():
     """`jit_compile = "auto"` (the default): compiled under JAX and TensorFlow, where the main job
-    makes more steps compiled (README "XLA in the trainer"), except TensorFlow's data-parallel step,
+    makes more steps compiled (benchmarks/README.md, "XLA in the trainer"), except TensorFlow's data-parallel step,
     which XLA cannot compile (training/distribute.py); eager under torch, which refuses a compiled
     step. An explicit setting is kept as written."""
     backend = keras.backend.backend()
