@@ -10,7 +10,9 @@ compilation on demand, which the CPU model server disables by default
 Core and tensorflow-text ops are told apart in a fresh interpreter that imports
 `tensorflow` alone, looks the op types up in the op registry, then imports
 `tensorflow_text` and looks again; an op type found in neither would make the
-model server refuse the model ("Op type not registered").
+model server refuse the model ("Op type not registered"). That interpreter's answer
+depends only on the installed TensorFlow and tensorflow-text, so each op type is asked
+once per process (`_REGISTRY`): a process that exports again starts no second one.
 """
 
 import json
@@ -28,6 +30,10 @@ import tensorflow_text
 text = [n for n in names if n not in core and op_def_registry.get(n) is not None]
 print(json.dumps({"core": core, "tensorflow_text": text}))
 """
+
+# op type -> "core", "tensorflow_text" or None (registered by neither), as the fresh
+# interpreter of `_CLASSIFY` answered.
+_REGISTRY = {}
 
 
 def graph_op_types(saved_model_dir):
@@ -48,17 +54,25 @@ def graph_op_types(saved_model_dir):
 
 def classify_ops(op_types):
     """{"core": [...], "tensorflow_text": [...], "xla": [...], "unknown": [...]} for `op_types`."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run(
-        [sys.executable, "-c", _CLASSIFY], input=json.dumps(list(op_types)), capture_output=True, text=True, env=env
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"could not list the registered op types:\n{result.stderr[-2000:]}")
-    found = json.loads(result.stdout.strip().splitlines()[-1])
-    found["xla"] = sorted(op for op in found["core"] if op.startswith("Xla"))
-    found["core"] = sorted(op for op in found["core"] if not op.startswith("Xla"))
-    found["unknown"] = sorted(set(op_types) - set(found["core"]) - set(found["tensorflow_text"]) - set(found["xla"]))
-    return found
+    unasked = sorted(set(op_types) - set(_REGISTRY))
+    if unasked:
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        result = subprocess.run(
+            [sys.executable, "-c", _CLASSIFY], input=json.dumps(unasked), capture_output=True, text=True, env=env
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"could not list the registered op types:\n{result.stderr[-2000:]}")
+        answer = json.loads(result.stdout.strip().splitlines()[-1])
+        _REGISTRY.update({op: None for op in unasked})
+        _REGISTRY.update({op: library for library in ("core", "tensorflow_text") for op in answer[library]})
+    where = {op: _REGISTRY[op] for op in set(op_types)}
+    core = sorted(op for op, library in where.items() if library == "core")
+    return {
+        "core": [op for op in core if not op.startswith("Xla")],
+        "tensorflow_text": sorted(op for op, library in where.items() if library == "tensorflow_text"),
+        "xla": [op for op in core if op.startswith("Xla")],
+        "unknown": sorted(op for op, library in where.items() if library is None),
+    }
 
 
 def check_servable_ops(saved_model_dir):

@@ -446,6 +446,30 @@ def test_an_op_outside_core_and_tensorflow_text_fails_the_check(exported, tmp_pa
         check_servable_ops(str(tmp_path))
 
 
+@pytest.mark.backend_independent
+def test_each_op_type_is_looked_up_in_a_fresh_interpreter_once_per_process(monkeypatch):
+    """The registry of a fresh `import tensorflow` is the installed TensorFlow's: a second export
+    in one process asks only about op types the first did not use."""
+    import kerasformer.export.serving_ops as serving_ops
+
+    monkeypatch.setattr(serving_ops, "_REGISTRY", {})
+    asked, real_run = [], subprocess.run
+
+    def counting_run(*args, **kwargs):
+        asked.append(json.loads(kwargs["input"]))
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(serving_ops.subprocess, "run", counting_run)
+    first = classify_ops(["SentencepieceOp", "MatMul", "KerasformerCustomOp", "MatMul"])
+    again = classify_ops(["MatMul", "XlaDynamicUpdateSlice", "SentencepieceOp", "KerasformerCustomOp"])
+    assert asked == [["KerasformerCustomOp", "MatMul", "SentencepieceOp"], ["XlaDynamicUpdateSlice"]]
+    assert first == {"core": ["MatMul"], "tensorflow_text": ["SentencepieceOp"], "xla": [],
+                     "unknown": ["KerasformerCustomOp"]}
+    assert again == {**first, "xla": ["XlaDynamicUpdateSlice"]}
+    assert classify_ops(["MatMul"]) == {"core": ["MatMul"], "tensorflow_text": [], "xla": [], "unknown": []}
+    assert len(asked) == 2
+
+
 # The in-process export path. Under JAX and torch the same code runs in a
 # TensorFlow subprocess, so these checks of its bookkeeping run in the
 # TensorFlow pass only.
