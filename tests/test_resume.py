@@ -107,8 +107,8 @@ def backup_files(run_dir):
 # Five training processes under TensorFlow, three under JAX and torch (about 40 s each on a
 # 2-core CPU): those two run it with -m slow; in the default run, resuming under them is
 # test_a_nan_loss_... and test_a_run_stopped_by_its_time_budget_... below.
-@pytest.mark.parametrize("marked", [pytest.param(None, marks=[pytest.mark.slow] if keras.backend.backend() != "tensorflow" else [])])
-def test_killed_runs_resume_and_end_with_the_uninterrupted_weights(tmp_path, marked):
+@(pytest.mark.slow if keras.backend.backend() != "tensorflow" else lambda test: test)
+def test_killed_runs_resume_and_end_with_the_uninterrupted_weights(tmp_path):
     """TensorFlow: three kills, then equality with a run never killed. JAX and torch: two
     kills, then the run completes (equal weights are only promised on TensorFlow)."""
     tensorflow = keras.backend.backend() == "tensorflow"
